@@ -1,0 +1,58 @@
+"""The sentiment classifier: word vectors -> recurrent stack -> ReLU -> dense -> log-probabilities."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gru_jax.cells import uniform_init
+from gru_jax.rnn import RecurrentStack, sequence_mask
+
+DEFAULT_NUM_LAYERS = {"gru": 2, "pmgru": 1}
+
+
+class SentimentClassifier(nn.Module):
+    """DLStudio's text classifier with embeddings, for either cell.
+
+    The top layer's carry after each review's last real word goes through ReLU and a dense layer to
+    `num_classes` logits, and the model returns their log-softmax (trained with the NLL loss).
+
+    Attributes:
+      cell: 'gru' or 'pmgru'.
+      hidden_size: size of each recurrent layer's carry.
+      num_layers: number of stacked recurrent layers.
+      num_classes: number of output classes.
+      unroll: time steps per iteration of the compiled loop.
+    """
+
+    cell: str
+    hidden_size: int = 100
+    num_layers: int = 1
+    num_classes: int = 2
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, inputs, lengths):
+        """Classify a padded batch.
+
+        Args:
+          inputs: <float32>[batch, time, input_size], word vectors; steps at or past a length are padding.
+          lengths: <int32>[batch], the number of real steps of each sequence, at least 1.
+
+        Returns:
+          <float32>[batch, num_classes] log-probabilities.
+        """
+        mask = sequence_mask(lengths, inputs.shape[1])
+        stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.unroll, name="rnn")
+        final_carry, _ = stack(jnp.swapaxes(inputs, 0, 1), mask.T)
+        features = nn.relu(final_carry[-1])
+        # PyTorch's nn.Linear initialization, as in the reference model.
+        init = uniform_init(1.0 / math.sqrt(self.hidden_size))
+        logits = nn.Dense(self.num_classes, kernel_init=init, bias_init=init, name="head")(features)
+        return jax.nn.log_softmax(logits)
+
+
+def embed(table, token_ids):
+    """Look up word vectors: table <float32>[vocab, dim], token_ids <int32>[...] -> <float32>[..., dim]."""
+    return jnp.take(table, token_ids, axis=0)
