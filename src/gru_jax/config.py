@@ -1,0 +1,160 @@
+"""Training settings: defaults, TOML config files and command-line overrides, with validation."""
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from gru_jax.classifier import DEFAULT_NUM_LAYERS
+from gru_jax.cells import CELLS
+from gru_jax.errors import ConfigError
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_TRAIN_DATA = PACKAGE_DATA / "sentiment_dataset_train_200.tar.gz"
+DEFAULT_TEST_DATA = PACKAGE_DATA / "sentiment_dataset_test_200.tar.gz"
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(base) / "gru_jax")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run. Field names are also the config-file keys and, with '-' for
+    '_', the command-line flags."""
+
+    # Model.
+    cell: str = "pmgru"
+    num_layers: int | None = None  # None: DLStudio's choice, 2 for gru and 1 for pmgru.
+    hidden_size: int = 100
+    unroll: int = 1  # Time steps per iteration of the compiled scan loop.
+
+    # Data.
+    train_data: str = str(DEFAULT_TRAIN_DATA)
+    test_data: str = str(DEFAULT_TEST_DATA)
+    max_length: int | None = None  # Keep at most this many words of each review; None keeps all.
+
+    # Word vectors: a file, or gensim Word2Vec trained on the training reviews when empty.
+    embeddings: str | None = None
+    embeddings_unicode_errors: str = "strict"
+    word2vec_size: int = 300
+    word2vec_epochs: int = 20
+    word2vec_window: int = 5
+    word2vec_min_count: int = 2
+    word2vec_skip_gram: bool = True
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+
+    # Optimization.
+    epochs: int = 3
+    batch_size: int = 1
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    clip_norm: float | None = None  # Clip gradients to this global norm; None disables clipping.
+    seed: int = 0
+    max_batch_tokens: int = 65536  # Bound on rows * padded length of a training batch.
+    eval_batch_size: int = 256
+    min_bucket: int = 32
+    bucket_growth: float = 2.0
+
+    # Output.
+    output_dir: str = "runs/{cell}"
+    log_every: int = 200  # Log the average loss every this many steps.
+    checkpoint_every: int = 0  # Also save a checkpoint every this many steps; 0 saves after each epoch only.
+
+    def resolved_num_layers(self):
+        return self.num_layers if self.num_layers is not None else DEFAULT_NUM_LAYERS[self.cell]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key, value, source):
+    expected = FIELD_TYPES[key]
+    allows_none = "None" in str(expected)
+    if value is None:
+        if allows_none:
+            return None
+        raise ConfigError(f"{source}: '{key}' cannot be empty. Give it a value.")
+    base = str(expected).replace(" | None", "")
+    try:
+        if base in ("int", "<class 'int'>"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base in ("float", "<class 'float'>"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base in ("bool", "<class 'bool'>"):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: '{key}' = {value!r} is invalid, expected {base}.") from None
+
+
+def load_config_file(path):
+    """Read a TOML config file into a dict of known, type-checked keys."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            values = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found. Check the --config path.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error}). Fix the syntax.") from None
+    unknown = sorted(set(values) - set(FIELD_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key '{unknown[0]}'. Known keys: {', '.join(sorted(FIELD_TYPES))}."
+        )
+    return {key: _coerce(key, value, path) for key, value in values.items()}
+
+
+def make_config(config_file=None, overrides=None):
+    """Build a validated TrainConfig: defaults, then the config file, then `overrides` (not None values)."""
+    values = {}
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config):
+    """Raise ConfigError naming the first invalid setting of `config`."""
+    if config.cell not in CELLS:
+        raise ConfigError(f"cell '{config.cell}' is unknown. Use one of: {', '.join(CELLS)}.")
+    positive_ints = ["hidden_size", "unroll", "epochs", "batch_size", "eval_batch_size", "max_batch_tokens",
+                     "log_every", "word2vec_size", "word2vec_epochs", "word2vec_window", "word2vec_min_count",
+                     "min_bucket"]
+    for key in positive_ints:
+        value = getattr(config, key)
+        if value < 1:
+            raise ConfigError(f"{key.replace('_', '-')} = {value} is invalid: it must be at least 1.")
+    if config.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint-every = {config.checkpoint_every} is invalid: it must be 0 (epochs only) or more.")
+    for key in ("num_layers", "max_length"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key.replace('_', '-')} = {value} is invalid: it must be at least 1.")
+    if not config.learning_rate > 0:
+        raise ConfigError(f"learning-rate = {config.learning_rate} is invalid: it must be above 0, e.g. 1e-3.")
+    if not 0 <= config.momentum < 1:
+        raise ConfigError(f"momentum = {config.momentum} is invalid: it must be in [0, 1), e.g. 0.9.")
+    if config.clip_norm is not None and not config.clip_norm > 0:
+        raise ConfigError(f"clip-norm = {config.clip_norm} is invalid: it must be above 0, or unset to disable clipping.")
+    if not config.bucket_growth > 1:
+        raise ConfigError(f"bucket-growth = {config.bucket_growth} is invalid: it must be above 1, e.g. 2.")
+    if config.embeddings_unicode_errors not in ("strict", "ignore", "replace"):
+        raise ConfigError(
+            f"embeddings-unicode-errors = '{config.embeddings_unicode_errors}' is invalid. Use strict, ignore or replace."
+        )

@@ -1,0 +1,66 @@
+"""Score a saved checkpoint on a test archive: `python -m gru_jax.evaluate --checkpoint runs/pmgru`."""
+
+import argparse
+import logging
+import sys
+
+from gru_jax.cli import add_common_flags, run_main
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m gru_jax.evaluate",
+        description="Restore a checkpoint and report accuracy, the confusion matrix and per-category accuracy.",
+    )
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run's output directory, its checkpoints/ directory, or one step directory")
+    parser.add_argument("--data", help="test archive (default: the run's test archive)")
+    parser.add_argument("--output", help="write the metrics to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=None, help="reviews per evaluation batch (default: the run's)")
+    add_common_flags(parser)
+    return parser
+
+
+def evaluate_from_args(args):
+    from gru_jax.archives import check_same_categories, load_archive
+    from gru_jax.errors import ConfigError
+    from gru_jax.metrics import format_report
+    from gru_jax.model_io import load_trained_model
+    from gru_jax.reports import write_json
+    from gru_jax.training import evaluate_encoded
+
+    trained = load_trained_model(args.checkpoint)
+    config = trained.metadata["config"]
+    data_path = args.data or config.get("test_data")
+    if not data_path:
+        raise ConfigError("the run had no test archive. Pass --data with a sentiment archive.")
+    batch_size = args.batch_size or config.get("eval_batch_size", 256)
+    if batch_size < 1:
+        raise ConfigError(f"batch-size = {batch_size} is invalid: it must be at least 1.")
+
+    archive = load_archive(data_path)
+    if trained.metadata.get("category_names"):
+        check_same_categories(trained.training_archive_stub(), archive)
+    encoded = trained.vocabulary.encode(archive.reviews, config.get("max_length"))
+    logger.info("%s: %s", archive.path, encoded.summary())
+    if not encoded.token_ids:
+        raise ConfigError(f"{archive.path}: no review contains a word of the checkpoint's vocabulary.")
+    metrics, _ = evaluate_encoded(trained.predict, trained.params, trained.table, encoded, archive,
+                                  batch_size, config.get("max_batch_tokens"))
+    metrics["checkpoint"] = str(trained.path)
+    metrics["data"] = str(archive.path)
+    print(format_report(metrics, title=f"{trained.metadata['model']['cell']} on {archive.path}"))
+    if args.output:
+        write_json(args.output, metrics)
+        print(f"wrote {args.output}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_main(evaluate_from_args, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One training run from a config: output directory, data, training, test metrics and files."""
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import jax
+
+from gru_jax.config import TrainConfig
+from gru_jax.errors import ConfigError
+from gru_jax.pipeline import prepare_data
+from gru_jax.reports import plot_loss_curves, write_json
+from gru_jax.training import Trainer, evaluate_encoded, make_predict
+
+logger = logging.getLogger(__name__)
+
+# Settings that may change when a run is resumed; any other difference means a different run.
+RESUMABLE_KEYS = {"epochs", "log_every", "checkpoint_every", "output_dir", "eval_batch_size", "cache_dir"}
+
+
+def resolve_output_dir(config):
+    return Path(config.output_dir.format(cell=config.cell))
+
+
+def prepare_output_dir(config, output_dir, resume, overwrite):
+    """Check that `output_dir` may hold this run, and clear it when asked.
+
+    An existing run is continued with `resume`, replaced with `overwrite`, and otherwise replaced only
+    when it finished with the same settings, because a rerun then recreates it exactly.
+
+    Returns:
+      True when training should resume from the directory's checkpoints.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other. Pass one of them.")
+    config_path = output_dir / "config.json"
+    checkpoint_dir = output_dir / "checkpoints"
+    if not config_path.exists() and not checkpoint_dir.exists():
+        if resume:
+            logger.warning("%s: holds no run to resume; starting a new one", output_dir)
+        return False
+    if overwrite:
+        logger.info("%s: removing the earlier run (--overwrite)", output_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        for name in ("config.json", "metrics.json", "loss.png"):
+            (output_dir / name).unlink(missing_ok=True)
+        return False
+
+    try:
+        saved = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    current = config.to_dict()
+    if saved is None:
+        raise ConfigError(
+            f"{output_dir}: holds checkpoints without a readable config.json. Pass --overwrite to replace "
+            "them or choose another --output-dir."
+        )
+    differing = sorted(key for key in set(saved) | set(current)
+                       if saved.get(key) != current.get(key) and key not in RESUMABLE_KEYS)
+    if differing:
+        key = differing[0]
+        raise ConfigError(
+            f"{output_dir}: holds a different run ({key} = {saved.get(key)!r} there, {current.get(key)!r} now). "
+            "Pass --overwrite to replace it, or choose another --output-dir."
+        )
+    if resume:
+        return True
+    if not (output_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"{output_dir}: holds an unfinished run with these settings. Pass --resume to continue it or "
+            "--overwrite to start again."
+        )
+    logger.info("%s: replacing the finished run with identical settings", output_dir)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return False
+
+
+def model_metadata(config, data):
+    return {
+        "model": {
+            "cell": config.cell,
+            "hidden_size": config.hidden_size,
+            "num_layers": config.resolved_num_layers(),
+            "input_size": data.input_size,
+            "num_classes": 2,
+        },
+        "vocabulary": list(data.vocabulary.words),
+        "embeddings_source": data.embeddings_source,
+        "category_names": list(data.train.category_names),
+        "config": config.to_dict(),
+    }
+
+
+def run_training(config: TrainConfig, resume=False, overwrite=False, progress_bar=False):
+    """Train, evaluate on the test archive and write config.json, checkpoints/, metrics.json and loss.png.
+
+    Returns:
+      The metrics dict that was written to metrics.json.
+    """
+    output_dir = resolve_output_dir(config)
+    resume = prepare_output_dir(config, output_dir, resume, overwrite)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    data = prepare_data(config)
+    prepare_seconds = time.perf_counter() - started
+    write_json(output_dir / "config.json", config.to_dict())
+
+    trainer = Trainer(config, data, output_dir / "checkpoints", model_metadata(config, data), progress_bar)
+    result = trainer.fit(resume=resume)
+    progress = result.progress
+
+    metrics = {
+        "cell": config.cell,
+        "num_layers": config.resolved_num_layers(),
+        "hidden_size": config.hidden_size,
+        "num_parameters": int(sum(x.size for x in jax.tree.leaves(result.params))),
+        "steps": progress.step,
+        "epochs": progress.epoch,
+        "epoch_losses": progress.epoch_losses,
+        "train_seconds": progress.train_seconds,
+        "train_reviews_per_second": len(data.train_encoded.token_ids) * progress.epoch / max(progress.train_seconds, 1e-9),
+        "data_preparation_seconds": prepare_seconds,
+        "checkpoint": str(result.checkpoint_dir / str(progress.step)),
+        "train_skipped_empty_reviews": data.train_encoded.empty_reviews,
+        "train_dropped_tokens": data.train_encoded.dropped_tokens,
+        "train_total_tokens": data.train_encoded.total_tokens,
+    }
+    if data.test is not None:
+        predict = make_predict(trainer.model)
+        test_metrics, _ = evaluate_encoded(predict, result.params, trainer.table, data.test_encoded, data.test,
+                                           config.eval_batch_size, config.max_batch_tokens)
+        metrics["test_data"] = str(data.test.path)
+        metrics["test"] = test_metrics
+    write_json(output_dir / "metrics.json", metrics)
+    plot_loss_curves({config.cell: progress.loss_history}, output_dir / "loss.png",
+                     title=f"{config.cell} training loss")
+    return metrics
