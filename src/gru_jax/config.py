@@ -45,10 +45,10 @@ class TrainConfig:
     word2vec_skip_gram: bool = True
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
 
-    # Optimization.
-    epochs: int = 3
-    batch_size: int = 1
-    learning_rate: float = 1e-3
+    # Optimization. The defaults are those of configs/default.toml; configs/dlstudio.toml has DLStudio's.
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 0.1
     momentum: float = 0.9
     clip_norm: float | None = None  # Clip gradients to this global norm; None disables clipping.
     seed: int = 0
@@ -59,7 +59,7 @@ class TrainConfig:
 
     # Output.
     output_dir: str = "runs/{cell}"
-    log_every: int = 200  # Log the average loss every this many steps.
+    log_every: int = 50  # Log the average loss every this many steps.
     checkpoint_every: int = 0  # Also save a checkpoint every this many steps; 0 saves after each epoch only.
 
     def resolved_num_layers(self):
