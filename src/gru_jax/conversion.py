@@ -566,4 +566,5 @@ def params_to_torch(params, cell):
     """
     import torch
 
-    return {key: torch.from_numpy(array) for key, array in params_to_numpy(params, cell).items()}
+    # torch.tensor copies, because arrays that come from JAX are read-only.
+    return {key: torch.tensor(array) for key, array in params_to_numpy(params, cell).items()}

@@ -18,6 +18,7 @@ def build_parser():
                         help="a run's output directory, its checkpoints/ directory, or one step directory")
     parser.add_argument("--data", help="test archive (default: the run's test archive)")
     parser.add_argument("--output", help="write the metrics to this JSON file")
+    parser.add_argument("--predictions", help="write each scored review's label, prediction and log-probabilities to this CSV file")
     parser.add_argument("--batch-size", type=int, default=None, help="reviews per evaluation batch (default: the run's)")
     add_common_flags(parser)
     return parser
@@ -47,7 +48,7 @@ def evaluate_from_args(args):
     logger.info("%s: %s", archive.path, encoded.summary())
     if not encoded.token_ids:
         raise ConfigError(f"{archive.path}: no review contains a word of the checkpoint's vocabulary.")
-    metrics, _ = evaluate_encoded(trained.predict, trained.params, trained.table, encoded, archive,
+    metrics, log_probs = evaluate_encoded(trained.predict, trained.params, trained.table, encoded, archive,
                                   batch_size, config.get("max_batch_tokens"))
     metrics["checkpoint"] = str(trained.path)
     metrics["data"] = str(archive.path)
@@ -55,6 +56,27 @@ def evaluate_from_args(args):
     if args.output:
         write_json(args.output, metrics)
         print(f"wrote {args.output}")
+    if args.predictions:
+        write_predictions(args.predictions, archive, encoded.review_indices, log_probs)
+        print(f"wrote {args.predictions}")
+
+
+def write_predictions(path, archive, review_indices, log_probs):
+    """Write one CSV row per scored review: its position in the archive, category, label, prediction and log-probabilities."""
+    import csv
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["review", "category", "label", "prediction"] + [f"log_prob_{i}" for i in range(log_probs.shape[1])])
+        for index, row in zip(review_indices, log_probs):
+            writer.writerow([int(index), archive.category_of(index), int(archive.labels[index]), int(row.argmax())]
+                            + [repr(float(value)) for value in row])
+    os.replace(partial, path)
 
 
 def main(argv=None):
