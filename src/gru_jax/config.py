@@ -51,6 +51,7 @@ class TrainConfig:
     learning_rate: float = 0.1
     momentum: float = 0.9
     clip_norm: float | None = None  # Clip gradients to this global norm; None disables clipping.
+    lr_schedule: str = "constant"  # "constant", or "cosine" decay from learning_rate to 0 over all steps.
     seed: int = 0
     max_batch_tokens: int = 65536  # Bound on rows * padded length of a training batch.
     eval_batch_size: int = 256
@@ -152,6 +153,8 @@ def validate(config):
         raise ConfigError(f"momentum = {config.momentum} is invalid: it must be in [0, 1), e.g. 0.9.")
     if config.clip_norm is not None and not config.clip_norm > 0:
         raise ConfigError(f"clip-norm = {config.clip_norm} is invalid: it must be above 0, or unset to disable clipping.")
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"lr-schedule = '{config.lr_schedule}' is invalid. Use constant or cosine.")
     if not config.bucket_growth > 1:
         raise ConfigError(f"bucket-growth = {config.bucket_growth} is invalid: it must be above 1, e.g. 2.")
     if config.embeddings_unicode_errors not in ("strict", "ignore", "replace"):

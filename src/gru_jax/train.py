@@ -31,6 +31,7 @@ def build_parser():
     parser.add_argument("--learning-rate", type=float, help="SGD learning rate")
     parser.add_argument("--momentum", type=float, help="SGD momentum")
     parser.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning-rate schedule: constant, or cosine decay to 0")
     parser.add_argument("--seed", type=int, help="seed of initialization, data order and word2vec")
     parser.add_argument("--max-length", type=int, help="keep at most this many words of each review")
     parser.add_argument("--log-every", type=int, help="log the average loss every this many steps")
@@ -45,7 +46,7 @@ def build_parser():
 
 CONFIG_FLAGS = ("cell", "num_layers", "hidden_size", "train_data", "test_data", "embeddings",
                 "embeddings_unicode_errors", "cache_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                "momentum", "clip_norm", "seed", "max_length", "log_every", "checkpoint_every", "unroll")
+                "momentum", "clip_norm", "lr_schedule", "seed", "max_length", "log_every", "checkpoint_every", "unroll")
 
 
 def train_from_args(args):

@@ -31,8 +31,13 @@ def init_params(model, input_size, seed):
     return model.init(jax.random.key(seed), inputs, jnp.ones((1,), jnp.int32))
 
 
-def make_optimizer(learning_rate, momentum, clip_norm=None):
-    """SGD with momentum (PyTorch's `torch.optim.SGD` update), optionally after global-norm clipping."""
+def make_optimizer(learning_rate, momentum, clip_norm=None, lr_schedule="constant", total_steps=None):
+    """SGD with momentum (PyTorch's `torch.optim.SGD` update), optionally after global-norm clipping.
+
+    With lr_schedule 'cosine', the learning rate decays from `learning_rate` to 0 over `total_steps`.
+    """
+    if lr_schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps=max(int(total_steps), 1))
     sgd = optax.sgd(learning_rate, momentum=momentum if momentum > 0 else None)
     if clip_norm is None:
         return sgd
@@ -199,8 +204,6 @@ class Trainer:
         self.model_metadata = model_metadata
         self.progress_bar = progress_bar
         self.model = build_model(config.cell, config.hidden_size, config.resolved_num_layers(), config.unroll)
-        self.optimizer = make_optimizer(config.learning_rate, config.momentum, config.clip_norm)
-        self.train_step = make_train_step(self.model, self.optimizer)
         self.table = jax.device_put(data.table)
         encoded = data.train_encoded
         labels = data.train.labels[encoded.review_indices]
@@ -212,6 +215,9 @@ class Trainer:
             )
         self.batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, config.max_batch_tokens,
                                        config.min_bucket, config.bucket_growth)
+        self.optimizer = make_optimizer(config.learning_rate, config.momentum, config.clip_norm,
+                                        config.lr_schedule, total_steps=config.epochs * len(self.batcher))
+        self.train_step = make_train_step(self.model, self.optimizer)
         self.store = CheckpointStore(checkpoint_dir)
 
     def initial_state(self):
