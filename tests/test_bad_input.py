@@ -1,6 +1,7 @@
 """Every kind of bad input ends in its own error type, with a message that names the file, the value and
 the fix. Nothing from a file is run, and no earlier run is overwritten."""
 
+import argparse
 import gzip
 import json
 import logging
@@ -23,6 +24,7 @@ from gru_jax import training
 from gru_jax.archives import check_same_categories, load_archive
 from gru_jax.batching import BucketedBatcher
 from gru_jax.checkpoints import CheckpointStore
+from gru_jax.cli import run_main
 from gru_jax.config import make_config
 from gru_jax.embeddings import build_table, load_vectors
 from gru_jax.errors import ArchiveError, CheckpointError, ConfigError, DivergedError, EmbeddingsError
@@ -717,3 +719,21 @@ def test_train_main_bad_input_exits_2(tmp_path, monkeypatch, capsys, argv, key_w
     assert exit_code == 2
     assert len(lines) == 1
     assert lines[0].startswith(key_words)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1.00GiB.\nfull XLA report"),
+     "error: the XLA computation failed (RESOURCE_EXHAUSTED: Out of memory allocating 1.00GiB.). If the device "
+     "ran out of memory, lower --batch-size, or set --max-length when training."),
+    (PermissionError(13, "Permission denied", "/runs/pmgru/metrics.json"),
+     "error: /runs/pmgru/metrics.json: Permission denied. Check the path and its permissions."),
+    (DivergedError("first line\nsecond line"), "error: first line second line"),
+])
+def test_run_main_failed_run_one_line(capsys, error, expected):
+    def fail(args):
+        raise error
+
+    exit_code = run_main(fail, argparse.Namespace(debug=False, verbose=False))
+
+    assert exit_code == 1
+    assert capsys.readouterr().err.splitlines() == [expected]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gru_jax.evaluate
-from conftest import TEST_3
+from conftest import TEST_3, TRAIN_3
 from gru_jax import training
 from gru_jax.checkpoints import PARTIAL_SAVE_MARKER, CheckpointStore
 from gru_jax.experiment import run_training
@@ -171,6 +171,28 @@ def test_sigint_to_cli_saves_and_exits_130(tmp_path, vectors):
     progress = CheckpointStore(checkpoint_dir, create=False).read_metadata()["progress"]
     assert progress["step"] == stopped_at
     assert not progress["finished"]
+
+
+def test_sigterm_before_training_exits_143(tmp_path):
+    output_dir = tmp_path / "run"
+    cache_dir = tmp_path / "word2vec-cache"
+    # In-corpus word2vec with this many epochs runs far longer than the test waits.
+    settings = tmp_path / "slow.toml"
+    settings.write_text("word2vec_epochs = 100000\nword2vec_size = 16\n")
+    args = ["--config", str(settings), "--train-data", str(TRAIN_3), "--test-data", "", "--output-dir",
+            str(output_dir), "--cache-dir", str(cache_dir)]
+    process = start_training(args, tmp_path / "cache")
+
+    while "training word2vec" not in (line := process.stderr.readline()):
+        assert line, "training exited before word2vec started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 143
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted by SIGTERM before the command finished."
+    assert not output_dir.exists()
+    assert list(cache_dir.glob("*")) == []
 
 
 def test_sigkill_mid_save_then_resume(tmp_path, vectors, straight_run):
