@@ -86,8 +86,8 @@ def _as_text(value):
 def _check_reviews(path, polarity, reviews_by_category):
     if not isinstance(reviews_by_category, dict):
         raise ArchiveError(
-            f"{path}: the {polarity} reviews are a {type(reviews_by_category).__name__}, expected a dict "
-            "that maps each product category to a list of reviews. Rebuild the archive in DLStudio's layout."
+            f"{path}: the {polarity} reviews are of type {type(reviews_by_category).__name__}, expected a "
+            "dict that maps each product category to a list of reviews. Rebuild the archive in DLStudio's layout."
         )
     checked = {}
     for category, reviews in reviews_by_category.items():
@@ -99,14 +99,14 @@ def _check_reviews(path, polarity, reviews_by_category):
             )
         if not isinstance(reviews, (list, tuple)):
             raise ArchiveError(
-                f"{path}: the {polarity} reviews of category '{category_name}' are a "
+                f"{path}: the {polarity} reviews of category '{category_name}' are of type "
                 f"{type(reviews).__name__}, expected a list of reviews."
             )
         words_per_review = []
         for review_index, review in enumerate(reviews):
             if not isinstance(review, (list, tuple)):
                 raise ArchiveError(
-                    f"{path}: {polarity} review {review_index} of category '{category_name}' is a "
+                    f"{path}: {polarity} review {review_index} of category '{category_name}' is of type "
                     f"{type(review).__name__}, expected a list of word strings."
                 )
             words = [_as_text(word) for word in review]
@@ -130,6 +130,13 @@ def _unpickle(path):
     except IsADirectoryError:
         raise ArchiveError(f"{path}: is a directory, expected a sentiment_dataset_*.tar.gz archive file.") from None
     except gzip.BadGzipFile as error:
+        with open(path, "rb") as stream:
+            starts_as_gzip = stream.read(2) == b"\x1f\x8b"
+        if starts_as_gzip:
+            # It starts as gzip does, so a CRC, a length or a later member is damaged.
+            raise ArchiveError(
+                f"{path}: the gzip data is corrupt ({error}). Download or copy the archive again."
+            ) from None
         raise ArchiveError(
             f"{path}: not a gzip file ({error}). DLStudio archives are gzip-compressed pickles despite "
             "the .tar.gz name; pass such a file."
@@ -138,6 +145,8 @@ def _unpickle(path):
         raise ArchiveError(
             f"{path}: the gzip data is truncated or corrupt ({error}). Download or copy the archive again."
         ) from None
+    except OSError as error:
+        raise ArchiveError(f"{path}: cannot be read ({error.strerror}). Check the file's permissions.") from None
 
     try:
         return _RestrictedUnpickler(io.BytesIO(raw), path).load()

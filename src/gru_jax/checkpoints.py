@@ -1,8 +1,9 @@
 """Saving and restoring runs with orbax, with what is needed to rebuild the model and vocabulary.
 
-A run's `checkpoints/` directory holds one orbax step directory per save. Orbax writes each save to a
-temporary directory and renames it when complete, so a process killed mid-save leaves the earlier
-checkpoints intact, and the temporary directory is never listed as a step.
+A run's `checkpoints/` directory contains one orbax step directory per save. Orbax writes each save to a
+temporary directory (`<step>.orbax-checkpoint-tmp-<timestamp>`) and renames it when complete, so a
+process killed mid-save leaves the earlier checkpoints intact, and the temporary directory is never
+listed as a step. A store opened for writing deletes such leftovers.
 
 Each step directory holds three items:
   state       params, optimizer state and step (orbax StandardSave)
@@ -11,6 +12,7 @@ Each step directory holds three items:
 """
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 ITEMS = ("state", "embeddings", "metadata")
 FORMAT_VERSION = 1
+# Orbax's name part for a save in progress; a directory with it is never a complete checkpoint.
+PARTIAL_SAVE_MARKER = ".orbax-checkpoint-tmp"
 
 
 def _is_step_dir(path):
@@ -61,16 +65,29 @@ class CheckpointStore:
     Args:
       directory: where the step directories go.
       max_to_keep: how many of the newest checkpoints to keep.
-      create: create the directory if it is missing.
+      create: open for writing: create the directory if it is missing and delete partial saves left by a
+        killed process. False only reads, so that it never deletes a save another process is writing.
     """
 
     def __init__(self, directory, max_to_keep=2, create=True):
         self.directory = Path(directory).absolute()
+        # Orbax's own cleanup of partial saves runs in a background thread and races with a second
+        # manager on the same directory, so writers delete them here, before any save starts.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,
         )
+        if create:
+            self._remove_partial_saves()
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def _remove_partial_saves(self):
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.iterdir()):
+            if PARTIAL_SAVE_MARKER in path.name:
+                logger.warning("%s: deleting a partial checkpoint left by an interrupted save", path)
+                shutil.rmtree(path, ignore_errors=True)
 
     def latest_step(self):
         return self._manager.latest_step()
@@ -102,29 +119,18 @@ class CheckpointStore:
             logger.info("saved checkpoint %s", self.directory / str(int(step)))
         return saved
 
-    def restore(self, step=None, state_target=None):
-        """Read a checkpoint (the latest when step is None).
-
-        Args:
-          state_target: a pytree with the structure of the saved state (for optimizer states, which
-            are tuples), or None to get plain nested dicts and lists.
-
-        Returns:
-          dict with keys 'step', 'state', 'table' and 'metadata'.
-        """
+    def _resolve_step(self, step):
+        if step is not None:
+            return int(step)
+        step = self.latest_step()
         if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise CheckpointError(f"{self.directory}: contains no complete checkpoint.")
+            raise CheckpointError(f"{self.directory}: contains no complete checkpoint.")
+        return step
+
+    def _restore_items(self, step, **items):
+        """Restore the named items of one step and check the metadata's format version."""
         try:
-            restored = self._manager.restore(
-                int(step),
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(state_target),
-                    embeddings=ocp.args.StandardRestore(),
-                    metadata=ocp.args.JsonRestore(),
-                ),
-            )
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
             raise CheckpointError(
                 f"{self.directory / str(step)}: cannot be restored ({type(error).__name__}: {error}). "
@@ -136,9 +142,33 @@ class CheckpointStore:
                 f"{self.directory / str(step)}: metadata is missing or of another format version. "
                 "Pass a checkpoint written by this version of gru_jax."
             )
+        return restored
+
+    def read_metadata(self, step=None):
+        """Read only the metadata dict of a checkpoint (the latest when step is None)."""
+        step = self._resolve_step(step)
+        return self._restore_items(step, metadata=ocp.args.JsonRestore())["metadata"]
+
+    def restore(self, step=None, state_target=None):
+        """Read a checkpoint (the latest when step is None).
+
+        Args:
+          state_target: a pytree with the structure of the saved state (for optimizer states, which
+            are tuples), or None to get plain nested dicts and lists.
+
+        Returns:
+          dict with keys 'step', 'state', 'table' and 'metadata'.
+        """
+        step = self._resolve_step(step)
+        restored = self._restore_items(
+            step,
+            state=ocp.args.StandardRestore(state_target),
+            embeddings=ocp.args.StandardRestore(),
+            metadata=ocp.args.JsonRestore(),
+        )
         return {
             "step": int(step),
             "state": restored["state"],
             "table": np.asarray(restored["embeddings"]["table"], dtype=np.float32),
-            "metadata": metadata,
+            "metadata": restored["metadata"],
         }

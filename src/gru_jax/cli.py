@@ -2,13 +2,16 @@
 
 import logging
 import os
+import signal
 import sys
 
 from gru_jax.errors import InputError, RunError
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+# A command stopped by a signal exits with 128 + the signal's number, as shells report it: 130 for
+# SIGINT, 143 for SIGTERM.
+SIGNAL_EXIT_BASE = 128
 
 
 def setup_logging(verbose=False):
@@ -29,24 +32,62 @@ def add_common_flags(parser):
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
 
 
+def _one_line(error):
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _fail(args, message, exit_code):
+    """Print `message` as one 'error:' line and return `exit_code`, or re-raise the current error with --debug."""
+    if args.debug:
+        raise
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
 def run_main(function, args):
-    """Call `function(args)`; print errors as one line and return the process exit code."""
+    """Call `function(args)`; print errors as one line and return the process exit code.
+
+    Exit codes: 0 on success, 2 for invalid input, 1 for a run that failed, and 128 + the signal number
+    after SIGINT or SIGTERM. With `args.debug` errors propagate with their traceback.
+    """
     setup_logging(getattr(args, "verbose", False))
+    import jax
+
     from gru_jax.training import Interrupted
 
+    # Outside the training loop, SIGTERM stops the command as Ctrl-C does; the loop itself defers both
+    # signals until it has saved a checkpoint.
+    try:
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    except ValueError:
+        previous_sigterm = None  # Not the main thread, where signals cannot be caught.
     try:
         function(args)
     except InputError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(args, _one_line(error), EXIT_BAD_INPUT)
     except RunError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        return _fail(args, _one_line(error), EXIT_RUN_FAILED)
+    except jax.errors.JaxRuntimeError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return _fail(args, f"the XLA computation failed ({first_line}). If the device ran out of memory, lower "
+                     "--batch-size, or set --max-length when training.", EXIT_RUN_FAILED)
+    except OSError as error:
+        if error.filename is None:
+            return _fail(args, _one_line(error), EXIT_RUN_FAILED)
+        return _fail(args, f"{error.filename}: {error.strerror}. Check the path and its permissions.",
+                     EXIT_RUN_FAILED)
     except Interrupted as stop:
         print(f"{stop}. Continue with the same command and --resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return SIGNAL_EXIT_BASE + signal.Signals[stop.signal_name]
+    except KeyboardInterrupt as stop:
+        name = stop.args[0] if stop.args else "SIGINT"
+        print(f"interrupted by {name} before the command finished.", file=sys.stderr)
+        return SIGNAL_EXIT_BASE + signal.Signals[name]
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return 0

@@ -1,6 +1,7 @@
 """Training settings: defaults, TOML config files and command-line overrides, with validation."""
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -96,7 +97,8 @@ def _coerce(key, value, source):
             return value
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: '{key}' = {value!r} is invalid, expected {base}.") from None
+        type_name = base.removeprefix("<class '").removesuffix("'>")
+        raise ConfigError(f"{source}: '{key}' = {value!r} is invalid, expected {type_name}.") from None
 
 
 def load_config_file(path):
@@ -147,16 +149,16 @@ def validate(config):
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key.replace('_', '-')} = {value} is invalid: it must be at least 1.")
-    if not config.learning_rate > 0:
-        raise ConfigError(f"learning-rate = {config.learning_rate} is invalid: it must be above 0, e.g. 1e-3.")
+    if not 0 < config.learning_rate < math.inf:
+        raise ConfigError(f"learning-rate = {config.learning_rate} is invalid: it must be finite and above 0, e.g. 1e-3.")
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"momentum = {config.momentum} is invalid: it must be in [0, 1), e.g. 0.9.")
     if config.clip_norm is not None and not config.clip_norm > 0:
         raise ConfigError(f"clip-norm = {config.clip_norm} is invalid: it must be above 0, or unset to disable clipping.")
     if config.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"lr-schedule = '{config.lr_schedule}' is invalid. Use constant or cosine.")
-    if not config.bucket_growth > 1:
-        raise ConfigError(f"bucket-growth = {config.bucket_growth} is invalid: it must be above 1, e.g. 2.")
+    if not 1 < config.bucket_growth < math.inf:
+        raise ConfigError(f"bucket-growth = {config.bucket_growth} is invalid: it must be finite and above 1, e.g. 2.")
     if config.embeddings_unicode_errors not in ("strict", "ignore", "replace"):
         raise ConfigError(
             f"embeddings-unicode-errors = '{config.embeddings_unicode_errors}' is invalid. Use strict, ignore or replace."

@@ -20,6 +20,10 @@ def build_parser():
     parser.add_argument("--output", help="write the metrics to this JSON file")
     parser.add_argument("--predictions", help="write each scored review's label, prediction and log-probabilities to this CSV file")
     parser.add_argument("--batch-size", type=int, default=None, help="reviews per evaluation batch (default: the run's)")
+    parser.add_argument("--embeddings", help="word vectors (.kv, .bin, .bin.gz, .txt or .vec) to use in place of the "
+                        "checkpoint's table; their dimension must be the model's input size")
+    parser.add_argument("--embeddings-unicode-errors", choices=("strict", "ignore", "replace"), default="strict",
+                        help="how to treat words that are not valid UTF-8 in word2vec files (default strict)")
     add_common_flags(parser)
     return parser
 
@@ -28,7 +32,7 @@ def evaluate_from_args(args):
     from gru_jax.archives import check_same_categories, load_archive
     from gru_jax.errors import ConfigError
     from gru_jax.metrics import format_report
-    from gru_jax.model_io import load_trained_model
+    from gru_jax.model_io import load_trained_model, table_from_vectors
     from gru_jax.reports import write_json
     from gru_jax.training import evaluate_encoded
 
@@ -44,12 +48,16 @@ def evaluate_from_args(args):
     archive = load_archive(data_path)
     if trained.metadata.get("category_names"):
         check_same_categories(trained.training_archive_stub(), archive)
-    encoded = trained.vocabulary.encode(archive.reviews, config.get("max_length"))
+    vocabulary, table = trained.vocabulary, trained.table
+    if args.embeddings:
+        vocabulary, table = table_from_vectors(trained, args.embeddings, archive.reviews,
+                                               args.embeddings_unicode_errors)
+    encoded = vocabulary.encode(archive.reviews, config.get("max_length"))
     logger.info("%s: %s", archive.path, encoded.summary())
     if not encoded.token_ids:
         raise ConfigError(f"{archive.path}: no review contains a word of the checkpoint's vocabulary.")
-    metrics, log_probs = evaluate_encoded(trained.predict, trained.params, trained.table, encoded, archive,
-                                  batch_size, config.get("max_batch_tokens"))
+    metrics, log_probs = evaluate_encoded(trained.predict, trained.params, table, encoded, archive,
+                                          batch_size, config.get("max_batch_tokens"))
     metrics["checkpoint"] = str(trained.path)
     metrics["data"] = str(archive.path)
     print(format_report(metrics, title=f"{trained.metadata['model']['cell']} on {archive.path}"))

@@ -24,29 +24,28 @@ def resolve_output_dir(config):
     return Path(config.output_dir.format(cell=config.cell))
 
 
-def prepare_output_dir(config, output_dir, resume, overwrite):
-    """Check that `output_dir` may hold this run, and clear it when asked.
+def check_output_dir(config, output_dir, resume, overwrite):
+    """Decide what to do with the run already in `output_dir`, without changing anything there.
 
     An existing run is continued with `resume`, replaced with `overwrite`, and otherwise replaced only
     when it finished with the same settings, because a rerun then recreates it exactly.
 
     Returns:
-      True when training should resume from the directory's checkpoints.
+      'new' (no earlier run), 'resume', or 'replace' (call `clear_output_dir` before training).
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other. Pass one of them.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"{output_dir}: is a file, expected a directory for the run. Choose another --output-dir.")
     config_path = output_dir / "config.json"
     checkpoint_dir = output_dir / "checkpoints"
     if not config_path.exists() and not checkpoint_dir.exists():
         if resume:
             logger.warning("%s: holds no run to resume; starting a new one", output_dir)
-        return False
+        return "new"
     if overwrite:
-        logger.info("%s: removing the earlier run (--overwrite)", output_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        for name in ("config.json", "metrics.json", "loss.png"):
-            (output_dir / name).unlink(missing_ok=True)
-        return False
+        logger.info("%s: the earlier run will be replaced (--overwrite)", output_dir)
+        return "replace"
 
     try:
         saved = json.loads(config_path.read_text())
@@ -67,15 +66,22 @@ def prepare_output_dir(config, output_dir, resume, overwrite):
             "Pass --overwrite to replace it, or choose another --output-dir."
         )
     if resume:
-        return True
+        return "resume"
     if not (output_dir / "metrics.json").exists():
         raise ConfigError(
             f"{output_dir}: holds an unfinished run with these settings. Pass --resume to continue it or "
             "--overwrite to start again."
         )
-    logger.info("%s: replacing the finished run with identical settings", output_dir)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return False
+    logger.info("%s: the finished run with identical settings will be replaced", output_dir)
+    return "replace"
+
+
+def clear_output_dir(output_dir):
+    """Delete the checkpoints and result files of the run in `output_dir`."""
+    logger.info("%s: removing the earlier run", output_dir)
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    for name in ("config.json", "metrics.json", "loss.png"):
+        (output_dir / name).unlink(missing_ok=True)
 
 
 def model_metadata(config, data):
@@ -101,16 +107,20 @@ def run_training(config: TrainConfig, resume=False, overwrite=False, progress_ba
       The metrics dict that was written to metrics.json.
     """
     output_dir = resolve_output_dir(config)
-    resume = prepare_output_dir(config, output_dir, resume, overwrite)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    action = check_output_dir(config, output_dir, resume, overwrite)
 
     started = time.perf_counter()
     data = prepare_data(config)
     prepare_seconds = time.perf_counter() - started
+
+    # Only now that every input has been read and checked may an earlier run be removed.
+    if action == "replace":
+        clear_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "config.json", config.to_dict())
 
     trainer = Trainer(config, data, output_dir / "checkpoints", model_metadata(config, data), progress_bar)
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=action == "resume")
     progress = result.progress
 
     metrics = {

@@ -7,7 +7,8 @@ import jax
 
 from gru_jax.archives import SentimentArchive
 from gru_jax.checkpoints import CheckpointStore, resolve
-from gru_jax.errors import CheckpointError
+from gru_jax.embeddings import build_table, load_vectors
+from gru_jax.errors import CheckpointError, EmbeddingsError
 from gru_jax.training import build_model, make_predict
 from gru_jax.vocab import Vocabulary
 
@@ -61,3 +62,32 @@ def load_trained_model(path):
         )
     return TrainedModel(directory / str(step), model, jax.device_put(params), jax.device_put(table), vocabulary,
                         metadata, make_predict(model))
+
+
+def table_from_vectors(trained, path, reviews, unicode_errors="strict"):
+    """Build a vocabulary and embedding table for `reviews` from a vector file other than the checkpoint's.
+
+    Args:
+      trained: the `TrainedModel` that will read the table.
+      path: a vector file in a format `load_vectors` reads.
+      reviews: lists of word strings; only their words get rows.
+      unicode_errors: passed to `load_vectors`.
+
+    Returns:
+      (Vocabulary, <float32>[len(vocabulary), input_size] on the device).
+
+    Raises:
+      EmbeddingsError: the file cannot be read, its dimension differs from the model's input size, or none
+        of the words has a vector.
+    """
+    vectors = load_vectors(path, unicode_errors=unicode_errors)
+    expected = trained.metadata["model"]["input_size"]
+    if vectors.vector_size != expected:
+        raise EmbeddingsError(
+            f"{path}: the vectors have dimension {vectors.vector_size}, but the checkpoint {trained.path} was "
+            f"trained with dimension {expected} ({trained.metadata.get('embeddings_source')}). Pass vectors of "
+            f"dimension {expected}."
+        )
+    vocabulary = Vocabulary.from_reviews([reviews], lambda word: word in vectors.key_to_index)
+    table = build_table(vocabulary, vectors, str(path))
+    return vocabulary, jax.device_put(table)

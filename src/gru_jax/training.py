@@ -14,7 +14,7 @@ import optax
 from gru_jax.batching import BucketedBatcher
 from gru_jax.checkpoints import CheckpointStore
 from gru_jax.classifier import SentimentClassifier, embed
-from gru_jax.errors import CheckpointError, DivergedError
+from gru_jax.errors import CheckpointError, DivergedError, EmbeddingsError
 from gru_jax.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def deferred_signals():
         name = signal.Signals(signum).name
         if state["signal"] is not None:
             signal.signal(signum, previous.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(name)
         state["signal"] = name
 
     try:
@@ -178,6 +178,17 @@ class Progress:
     train_seconds: float = 0.0
     loss_history: list = dataclasses.field(default_factory=list)  # [step, mean loss since the previous entry]
     epoch_losses: list = dataclasses.field(default_factory=list)  # mean training loss of each finished epoch
+    # Losses of the epoch in progress, kept here so that a resumed epoch's mean covers all of its steps.
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+
+
+def _add_epoch_losses(progress, losses):
+    # One addition per step in step order, so that the sum does not depend on where checks or a resume
+    # split the epoch.
+    for loss in losses.tolist():
+        progress.epoch_loss_sum += loss
+        progress.epoch_loss_count += 1
 
 
 @dataclasses.dataclass
@@ -226,6 +237,7 @@ class Trainer:
 
     def restore_state(self):
         """Restore params, optimizer state and progress from the latest checkpoint."""
+        self._check_checkpoint_fits()
         params, opt_state, _ = self.initial_state()
         target = {"params": params, "opt_state": opt_state}
         restored = self.store.restore(state_target=target)
@@ -239,7 +251,32 @@ class Trainer:
         state = restored["state"]
         return state["params"], state["opt_state"], progress
 
+    def _check_checkpoint_fits(self):
+        """Raise EmbeddingsError when the latest checkpoint was trained on vectors of another dimension."""
+        saved = self.store.read_metadata()
+        saved_size = saved.get("model", {}).get("input_size")
+        if saved_size != self.data.input_size:
+            raise EmbeddingsError(
+                f"{self.data.embeddings_source}: the vectors have dimension {self.data.input_size}, but the "
+                f"checkpoint in {self.store.directory} was trained with dimension {saved_size} (vectors from "
+                f"{saved.get('embeddings_source')}). Resume with vectors of dimension {saved_size}, or pass "
+                "--overwrite to start again."
+            )
+
+    def _check_params_finite(self, params, progress):
+        finite = jax.tree.reduce(lambda ok, leaf: ok & jnp.isfinite(leaf).all(), params, jnp.asarray(True))
+        if not bool(finite):
+            latest = self.store.latest_step()
+            last_good = (f"the last good checkpoint is {self.store.directory / str(latest)}"
+                         if latest is not None else "no checkpoint was saved yet")
+            raise DivergedError(
+                f"parameters became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}); {last_good}. "
+                f"Lower --learning-rate (now {self.config.learning_rate}) or set --clip-norm."
+            )
+
     def save(self, params, opt_state, progress):
+        # A finite loss does not prove the update after it was finite, so check before writing.
+        self._check_params_finite(params, progress)
         metadata = dict(self.model_metadata, progress=dataclasses.asdict(progress))
         self.store.save(progress.step, {"params": params, "opt_state": opt_state}, self.data.table, metadata)
         return self.store.directory / str(progress.step)
@@ -287,8 +324,12 @@ class Trainer:
                 params, opt_state = self._run_epoch(params, opt_state, progress, interrupt)
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
+                progress.epoch_loss_sum, progress.epoch_loss_count = 0.0, 0
                 progress.finished = progress.epoch >= config.epochs
-                self.save(params, opt_state, progress)
+                path = self.save(params, opt_state, progress)
+                # A signal during the epoch's last batch or its save stops here, after the epoch's checkpoint.
+                if interrupt["signal"] is not None and not progress.finished:
+                    raise Interrupted(interrupt["signal"], path)
         return FitResult(params, progress, self.store.directory)
 
     def _run_epoch(self, params, opt_state, progress, interrupt):
@@ -301,7 +342,7 @@ class Trainer:
 
             bar = tqdm(total=len(self.batcher.token_ids), unit="review", leave=True,
                        desc=f"epoch {progress.epoch + 1}/{config.epochs}", dynamic_ncols=True)
-        pending, epoch_losses = [], []
+        pending = []
         last_checked_step = progress.step
         started = time.perf_counter()
         try:
@@ -317,7 +358,7 @@ class Trainer:
                 if len(pending) >= config.log_every or last_batch:
                     losses = self._check_losses(pending, progress, last_checked_step)
                     pending, last_checked_step = [], progress.step
-                    epoch_losses.extend(losses.tolist())
+                    _add_epoch_losses(progress, losses)
                     progress.loss_history.append([progress.step, float(losses.mean())])
                     logger.info("epoch %d/%d, step %d: average loss %.4f", progress.epoch + 1, config.epochs,
                                 progress.step, losses.mean())
@@ -326,23 +367,27 @@ class Trainer:
                 if config.checkpoint_every and progress.step % config.checkpoint_every == 0 and not last_batch:
                     losses = self._check_losses(pending, progress, last_checked_step)
                     if losses is not None:
-                        epoch_losses.extend(losses.tolist())
+                        _add_epoch_losses(progress, losses)
                         progress.loss_history.append([progress.step, float(losses.mean())])
                     pending, last_checked_step = [], progress.step
                     progress.train_seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     self.save(params, opt_state, progress)
-                if interrupt["signal"] is not None:
+                if interrupt["signal"] is not None and not last_batch:
                     losses = self._check_losses(pending, progress, last_checked_step)
                     if losses is not None:
+                        _add_epoch_losses(progress, losses)
                         progress.loss_history.append([progress.step, float(losses.mean())])
                     progress.train_seconds += time.perf_counter() - started
-                    path = self.save(params, opt_state, progress)
-                    raise Interrupted(interrupt["signal"], path)
+                    # The periodic checkpoint above may already hold this very step.
+                    if self.store.latest_step() != progress.step:
+                        self.save(params, opt_state, progress)
+                    raise Interrupted(interrupt["signal"], self.store.directory / str(progress.step))
         finally:
             if bar is not None:
                 bar.close()
         jax.block_until_ready(params)
         progress.train_seconds += time.perf_counter() - started
-        progress.epoch_losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+        count = progress.epoch_loss_count
+        progress.epoch_losses.append(progress.epoch_loss_sum / count if count else float("nan"))
         return params, opt_state
