@@ -49,10 +49,10 @@ class TrainConfig:
     # Optimization. The defaults are those of configs/default.toml; configs/dlstudio.toml has DLStudio's.
     epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 0.1
+    learning_rate: float = 0.2
     momentum: float = 0.9
     clip_norm: float | None = None  # Clip gradients to this global norm; None disables clipping.
-    lr_schedule: str = "constant"  # "constant", or "cosine" decay from learning_rate to 0 over all steps.
+    lr_schedule: str = "cosine"  # "constant", or "cosine" decay from learning_rate to 0 over all steps.
     seed: int = 0
     max_batch_tokens: int = 65536  # Bound on rows * padded length of a training batch.
     eval_batch_size: int = 256
