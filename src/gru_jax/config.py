@@ -44,6 +44,7 @@ class TrainConfig:
     word2vec_window: int = 5
     word2vec_min_count: int = 2
     word2vec_skip_gram: bool = True
+    word2vec_seed: int | None = None  # None: the run's seed.
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
 
     # Optimization. The defaults are those of configs/default.toml; configs/dlstudio.toml has DLStudio's.
@@ -66,6 +67,9 @@ class TrainConfig:
 
     def resolved_num_layers(self):
         return self.num_layers if self.num_layers is not None else DEFAULT_NUM_LAYERS[self.cell]
+
+    def resolved_word2vec_seed(self):
+        return self.word2vec_seed if self.word2vec_seed is not None else self.seed
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -47,7 +47,7 @@ def load_word_vectors(config, train_reviews):
         window=config.word2vec_window,
         min_count=config.word2vec_min_count,
         skip_gram=config.word2vec_skip_gram,
-        seed=config.seed,
+        seed=config.resolved_word2vec_seed(),
         cache_dir=config.cache_dir,
     )
     return vectors, f"word2vec trained on {config.train_data}"

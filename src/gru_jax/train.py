@@ -32,7 +32,9 @@ def build_parser():
     parser.add_argument("--momentum", type=float, help="SGD momentum")
     parser.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning-rate schedule: constant, or cosine decay to 0")
-    parser.add_argument("--seed", type=int, help="seed of initialization, data order and word2vec")
+    parser.add_argument("--seed", type=int, help="seed of initialization, data order and, unless --word2vec-seed "
+                        "is given, word2vec")
+    parser.add_argument("--word2vec-seed", type=int, help="seed of the in-corpus word2vec vectors (default: --seed)")
     parser.add_argument("--max-length", type=int, help="keep at most this many words of each review")
     parser.add_argument("--log-every", type=int, help="log the average loss every this many steps")
     parser.add_argument("--checkpoint-every", type=int, help="also save a checkpoint every this many steps")
@@ -46,7 +48,8 @@ def build_parser():
 
 CONFIG_FLAGS = ("cell", "num_layers", "hidden_size", "train_data", "test_data", "embeddings",
                 "embeddings_unicode_errors", "cache_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                "momentum", "clip_norm", "lr_schedule", "seed", "max_length", "log_every", "checkpoint_every", "unroll")
+                "momentum", "clip_norm", "lr_schedule", "seed", "word2vec_seed", "max_length", "log_every",
+                "checkpoint_every", "unroll")
 
 
 def train_from_args(args):
