@@ -44,9 +44,36 @@ def bucket_lengths_for(max_length, min_bucket=32, growth=2.0):
     up to the first one that holds `max_length`."""
     buckets = [int(min_bucket)]
     while buckets[-1] < max_length:
-        following = int(np.ceil(buckets[-1] * growth / 8.0) * 8)
-        buckets.append(max(following, buckets[-1] + 8))
+        buckets.append(_next_bucket_length(buckets[-1], growth))
     return tuple(buckets)
+
+
+def _next_bucket_length(length, growth):
+    following = int(np.ceil(length * growth / 8.0) * 8)
+    return max(following, length + 8)
+
+
+def rows_for_bucket(bucket_length, batch_size, max_batch_tokens=None):
+    """Return the number of sequences per batch of this padded length: batch_size, or fewer (at least 1)
+    when batch_size times the length exceeds max_batch_tokens."""
+    if max_batch_tokens is None:
+        return int(batch_size)
+    return max(1, min(int(batch_size), int(max_batch_tokens) // bucket_length))
+
+
+def round_up_rows(rows, row_multiple):
+    """Round a batch's row count up to a multiple of `row_multiple` (the device count)."""
+    return -(-int(rows) // int(row_multiple)) * int(row_multiple)
+
+
+def _empty_batch(rows, length):
+    return Batch(
+        token_ids=np.full((rows, length), PADDING_ID, dtype=np.int32),
+        lengths=np.ones(rows, dtype=np.int32),
+        labels=np.zeros(rows, dtype=np.int32),
+        weights=np.zeros(rows, dtype=np.float32),
+        indices=np.full(rows, -1, dtype=np.int64),
+    )
 
 
 class BucketedBatcher:
@@ -59,9 +86,12 @@ class BucketedBatcher:
       max_batch_tokens: upper bound on rows * padded length; a bucket whose length times batch_size
         exceeds it gets fewer rows (at least 1), which bounds memory for very long sequences.
       min_bucket, growth: the bucket lengths, see `bucket_lengths_for`.
+      row_multiple: every batch's row count is rounded up to a multiple of this (the device count of
+        data-parallel steps) with filler rows; the sequences per batch stay as without it.
     """
 
-    def __init__(self, token_ids, labels, batch_size, max_batch_tokens=None, min_bucket=32, growth=2.0):
+    def __init__(self, token_ids, labels, batch_size, max_batch_tokens=None, min_bucket=32, growth=2.0,
+                 row_multiple=1):
         if len(token_ids) == 0:
             raise ValueError("no sequences to batch")
         self.token_ids = list(token_ids)
@@ -72,12 +102,8 @@ class BucketedBatcher:
         self.batch_size = int(batch_size)
         self.buckets = bucket_lengths_for(int(self.lengths.max()), min_bucket, growth)
         self.bucket_of = np.searchsorted(self.buckets, self.lengths, side="left")
-        self.rows_per_bucket = []
-        for bucket_length in self.buckets:
-            rows = self.batch_size
-            if max_batch_tokens is not None:
-                rows = max(1, min(rows, int(max_batch_tokens) // bucket_length))
-            self.rows_per_bucket.append(rows)
+        self.rows_per_bucket = [rows_for_bucket(length, self.batch_size, max_batch_tokens) for length in self.buckets]
+        self.padded_rows_per_bucket = [round_up_rows(rows, row_multiple) for rows in self.rows_per_bucket]
 
     def __len__(self):
         """Number of batches in one pass over the data."""
@@ -88,10 +114,10 @@ class BucketedBatcher:
     def shapes(self):
         """The (rows, padded length) shapes that batches from this batcher can have."""
         used = sorted(set(self.bucket_of.tolist()))
-        return [(self.rows_per_bucket[b], self.buckets[b]) for b in used]
+        return [(self.padded_rows_per_bucket[b], self.buckets[b]) for b in used]
 
     def _make_batch(self, bucket, members):
-        rows, length = self.rows_per_bucket[bucket], self.buckets[bucket]
+        rows, length = self.padded_rows_per_bucket[bucket], self.buckets[bucket]
         token_ids = np.full((rows, length), PADDING_ID, dtype=np.int32)
         lengths = np.ones(rows, dtype=np.int32)
         labels = np.zeros(rows, dtype=np.int32)
@@ -132,3 +158,49 @@ class BucketedBatcher:
         """
         for bucket, members in self._plan(rng)[start:]:
             yield self._make_batch(bucket, members)
+
+
+def stream_batches(sequences, batch_size, max_batch_tokens=None, min_bucket=32, growth=2.0, row_multiple=1):
+    """Group sequences into fixed-shape padded batches as they arrive, for inputs too large to hold.
+
+    A bucket's batch is yielded as soon as it is full, and the partly filled ones follow at the end,
+    so at most one batch per bucket is held at a time. The bucket lengths and rows are those of
+    `BucketedBatcher` with the same settings. Labels are left 0, because scoring does not read them.
+
+    Args:
+      sequences: an iterable of (index, token_ids) pairs, token_ids <int32>[length] with length at
+        least 1; index goes to `Batch.indices`.
+      batch_size, max_batch_tokens, min_bucket, growth, row_multiple: as for `BucketedBatcher`.
+
+    Yields:
+      `Batch`es; filler rows have weight 0 and index -1.
+    """
+    bucket_lengths = [int(min_bucket)]
+    open_batches = {}
+    filled = {}
+    for index, ids in sequences:
+        length = len(ids)
+        if length < 1:
+            raise ValueError(f"sequence {index} is empty; every sequence needs at least one token")
+        while bucket_lengths[-1] < length:
+            bucket_lengths.append(_next_bucket_length(bucket_lengths[-1], growth))
+        bucket = int(np.searchsorted(bucket_lengths, length, side="left"))
+
+        if bucket not in open_batches:
+            bucket_length = bucket_lengths[bucket]
+            rows = rows_for_bucket(bucket_length, batch_size, max_batch_tokens)
+            open_batches[bucket] = (_empty_batch(round_up_rows(rows, row_multiple), bucket_length), rows)
+            filled[bucket] = 0
+        batch, rows = open_batches[bucket]
+        row = filled[bucket]
+        batch.token_ids[row, :length] = ids
+        batch.lengths[row] = length
+        batch.weights[row] = 1.0
+        batch.indices[row] = index
+        filled[bucket] = row + 1
+
+        if filled[bucket] == rows:
+            del open_batches[bucket]
+            yield batch
+    for bucket in sorted(open_batches):
+        yield open_batches[bucket][0]

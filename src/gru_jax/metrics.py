@@ -51,6 +51,55 @@ def classification_metrics(labels, predictions, categories=None, category_names=
     return result
 
 
+class MetricsAccumulator:
+    """Counts for `classification_metrics`, updated batch by batch so that memory does not grow with
+    the number of reviews.
+
+    `result()` returns the dict that `classification_metrics` returns for all updates together.
+    """
+
+    def __init__(self, num_classes=2):
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.category_counts = {}  # name -> [reviews, correct]
+        self.track_categories = False
+
+    def update(self, labels, predictions, categories=None, category_names=None):
+        """Add reviews.
+
+        Args:
+          labels, predictions: <int>[num_reviews].
+          categories: <int>[num_reviews] indices into `category_names`, or None.
+        """
+        labels = np.asarray(labels)
+        predictions = np.asarray(predictions)
+        self.matrix += confusion_matrix(labels, predictions, self.matrix.shape[0])
+        if categories is None:
+            return
+        self.track_categories = True
+        correct = labels == predictions
+        categories = np.asarray(categories)
+        for index in np.unique(categories):
+            selected = categories == index
+            counts = self.category_counts.setdefault(category_names[int(index)], [0, 0])
+            counts[0] += int(selected.sum())
+            counts[1] += int(correct[selected].sum())
+
+    def result(self):
+        total = int(self.matrix.sum())
+        result = {
+            "num_reviews": total,
+            "accuracy": float(np.trace(self.matrix) / total) if total else 0.0,
+            "confusion_matrix": self.matrix.tolist(),
+            "confusion_matrix_percent": np.round(row_percentages(self.matrix), 4).tolist(),
+        }
+        if self.track_categories:
+            result["per_category"] = {
+                name: {"num_reviews": reviews, "accuracy": correct / reviews}
+                for name, (reviews, correct) in sorted(self.category_counts.items())
+            }
+        return result
+
+
 def format_report(metrics, title="test results"):
     """Return accuracy, the confusion matrix (counts and percent of each true class) and per-category accuracy as text."""
     matrix = np.asarray(metrics["confusion_matrix"])

@@ -28,14 +28,19 @@ class EncodedReviews:
     empty_reviews: int
 
     def summary(self):
-        share = self.dropped_tokens / max(self.total_tokens, 1)
-        text = (
-            f"{self.dropped_tokens} of {self.total_tokens} tokens ({share:.1%}) have no vector and were dropped; "
-            f"{self.empty_reviews} reviews became empty and are skipped"
-        )
-        if self.truncated_tokens:
-            text += f"; {self.truncated_tokens} tokens were cut by max_length"
-        return text
+        return encoding_summary(self.total_tokens, self.dropped_tokens, self.truncated_tokens, self.empty_reviews)
+
+
+def encoding_summary(total_tokens, dropped_tokens, truncated_tokens, empty_reviews):
+    """Describe what encoding removed, in one line for the log."""
+    share = dropped_tokens / max(total_tokens, 1)
+    text = (
+        f"{dropped_tokens} of {total_tokens} tokens ({share:.1%}) have no vector and were dropped; "
+        f"{empty_reviews} reviews became empty and are skipped"
+    )
+    if truncated_tokens:
+        text += f"; {truncated_tokens} tokens were cut by max_length"
+    return text
 
 
 class Vocabulary:
@@ -79,16 +84,14 @@ class Vocabulary:
         token_ids, kept = [], []
         total = dropped = truncated = empty = 0
         for index, review in enumerate(reviews):
-            ids = [self._ids[word] for word in review if word in self._ids]
+            ids, review_dropped, review_truncated = self.encode_review(review, max_length)
             total += len(review)
-            dropped += len(review) - len(ids)
-            if max_length is not None and len(ids) > max_length:
-                truncated += len(ids) - max_length
-                ids = ids[:max_length]
-            if not ids:
+            dropped += review_dropped
+            truncated += review_truncated
+            if not ids.size:
                 empty += 1
                 continue
-            token_ids.append(np.asarray(ids, dtype=np.int32))
+            token_ids.append(ids)
             kept.append(index)
         return EncodedReviews(
             token_ids=token_ids,
@@ -98,3 +101,17 @@ class Vocabulary:
             truncated_tokens=truncated,
             empty_reviews=empty,
         )
+
+    def encode_review(self, review, max_length=None):
+        """Encode one review as in `encode`.
+
+        Returns:
+          (ids <int32>[length], possibly empty; words dropped for having no vector; words cut by max_length).
+        """
+        ids = [self._ids[word] for word in review if word in self._ids]
+        dropped = len(review) - len(ids)
+        truncated = 0
+        if max_length is not None and len(ids) > max_length:
+            truncated = len(ids) - max_length
+            ids = ids[:max_length]
+        return np.asarray(ids, dtype=np.int32), dropped, truncated
