@@ -1,12 +1,13 @@
 """Score a saved checkpoint on a test archive: `python -m gru_jax.evaluate --checkpoint runs/pmgru`."""
 
 import argparse
-import logging
+import contextlib
+import csv
+import os
 import sys
+from pathlib import Path
 
 from gru_jax.cli import add_common_flags, run_main
-
-logger = logging.getLogger(__name__)
 
 
 def build_parser():
@@ -16,7 +17,9 @@ def build_parser():
     )
     parser.add_argument("--checkpoint", required=True,
                         help="a run's output directory, its checkpoints/ directory, or one step directory")
-    parser.add_argument("--data", help="test archive (default: the run's test archive)")
+    parser.add_argument("--data", nargs="+",
+                        help="one or more test archives, scored one after another as a single test set "
+                        "(default: the run's test archive)")
     parser.add_argument("--output", help="write the metrics to this JSON file")
     parser.add_argument("--predictions", help="write each scored review's label, prediction and log-probabilities to this CSV file")
     parser.add_argument("--batch-size", type=int, default=None, help="reviews per evaluation batch (default: the run's)")
@@ -29,62 +32,81 @@ def build_parser():
 
 
 def evaluate_from_args(args):
-    from gru_jax.archives import check_same_categories, load_archive
     from gru_jax.errors import ConfigError
     from gru_jax.metrics import format_report
-    from gru_jax.model_io import load_trained_model, table_from_vectors
+    from gru_jax.model_io import load_matching_vectors, load_trained_model
     from gru_jax.reports import write_json
-    from gru_jax.training import evaluate_encoded
+    from gru_jax.scoring import evaluate_archives
 
     trained = load_trained_model(args.checkpoint)
     config = trained.metadata["config"]
-    data_path = args.data or config.get("test_data")
-    if not data_path:
+    data_paths = args.data or ([config["test_data"]] if config.get("test_data") else [])
+    if not data_paths:
         raise ConfigError("the run had no test archive. Pass --data with a sentiment archive.")
     batch_size = args.batch_size or config.get("eval_batch_size", 256)
     if batch_size < 1:
         raise ConfigError(f"batch-size = {batch_size} is invalid: it must be at least 1.")
 
-    archive = load_archive(data_path)
-    if trained.metadata.get("category_names"):
-        check_same_categories(trained.training_archive_stub(), archive)
-    vocabulary, table = trained.vocabulary, trained.table
+    vectors = None
     if args.embeddings:
-        vocabulary, table = table_from_vectors(trained, args.embeddings, archive.reviews,
-                                               args.embeddings_unicode_errors)
-    encoded = vocabulary.encode(archive.reviews, config.get("max_length"))
-    logger.info("%s: %s", archive.path, encoded.summary())
-    if not encoded.token_ids:
-        raise ConfigError(f"{archive.path}: no review contains a word of the checkpoint's vocabulary.")
-    metrics, log_probs = evaluate_encoded(trained.predict, trained.params, table, encoded, archive,
-                                          batch_size, config.get("max_batch_tokens"))
+        vectors = load_matching_vectors(trained, args.embeddings, args.embeddings_unicode_errors)
+    with PredictionsFile(args.predictions) if args.predictions else contextlib.nullcontext() as predictions:
+        on_scored = predictions.write if predictions else None
+        metrics = evaluate_archives(trained, data_paths, batch_size, on_scored=on_scored, vectors=vectors,
+                                    vectors_source=args.embeddings)
     metrics["checkpoint"] = str(trained.path)
-    metrics["data"] = str(archive.path)
-    print(format_report(metrics, title=f"{trained.metadata['model']['cell']} on {archive.path}"))
+    metrics["data"] = [str(path) for path in data_paths]
+    described = data_paths[0] if len(data_paths) == 1 else f"{len(data_paths)} archives"
+    print(format_report(metrics, title=f"{trained.metadata['model']['cell']} on {described}"))
     if args.output:
         write_json(args.output, metrics)
         print(f"wrote {args.output}")
     if args.predictions:
-        write_predictions(args.predictions, archive, encoded.review_indices, log_probs)
         print(f"wrote {args.predictions}")
 
 
-def write_predictions(path, archive, review_indices, log_probs):
-    """Write one CSV row per scored review: its position in the archive, category, label, prediction and log-probabilities."""
-    import csv
-    import os
-    from pathlib import Path
+class PredictionsFile:
+    """A CSV file with one row per scored review: its position in its archive, category, label,
+    prediction, log-probabilities and archive path.
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["review", "category", "label", "prediction"] + [f"log_prob_{i}" for i in range(log_probs.shape[1])])
+    Rows are written archive by archive as they are scored. The file is written under a temporary
+    name and renamed when the `with` block ends without an error, so a failed run leaves no partial file.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._stream = open(self._partial, "w", newline="")
+        self._writer = csv.writer(self._stream)
+        self._header_written = False
+
+    def write(self, archive, review_indices, log_probs):
+        """Add the rows of one archive.
+
+        Args:
+          archive: the `SentimentArchive` the reviews come from.
+          review_indices: <int64>[num_scored], positions in the archive.
+          log_probs: <float32>[num_scored, num_classes].
+        """
+        if not self._header_written:
+            self._writer.writerow(["review", "category", "label", "prediction"]
+                                  + [f"log_prob_{i}" for i in range(log_probs.shape[1])] + ["archive"])
+            self._header_written = True
         for index, row in zip(review_indices, log_probs):
-            writer.writerow([int(index), archive.category_of(index), int(archive.labels[index]), int(row.argmax())]
-                            + [repr(float(value)) for value in row])
-    os.replace(partial, path)
+            self._writer.writerow([int(index), archive.category_of(index), int(archive.labels[index]), int(row.argmax())]
+                                  + [repr(float(value)) for value in row] + [str(archive.path)])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        self._stream.close()
+        if error_type is None:
+            os.replace(self._partial, self.path)
+        else:
+            self._partial.unlink(missing_ok=True)
+        return False
 
 
 def main(argv=None):

@@ -142,7 +142,7 @@ def run_training(config: TrainConfig, resume=False, overwrite=False, progress_ba
     if data.test is not None:
         predict = make_predict(trainer.model)
         test_metrics, _ = evaluate_encoded(predict, result.params, trainer.table, data.test_encoded, data.test,
-                                           config.eval_batch_size, config.max_batch_tokens)
+                                           config.eval_batch_size, config.max_batch_tokens, trainer.parallel)
         metrics["test_data"] = str(data.test.path)
         metrics["test"] = test_metrics
     write_json(output_dir / "metrics.json", metrics)

@@ -7,7 +7,7 @@ import jax
 
 from gru_jax.archives import SentimentArchive
 from gru_jax.checkpoints import CheckpointStore, resolve
-from gru_jax.embeddings import build_table, load_vectors
+from gru_jax.embeddings import load_vectors
 from gru_jax.errors import CheckpointError, EmbeddingsError
 from gru_jax.training import build_model, make_predict
 from gru_jax.vocab import Vocabulary
@@ -64,21 +64,19 @@ def load_trained_model(path):
                         metadata, make_predict(model))
 
 
-def table_from_vectors(trained, path, reviews, unicode_errors="strict"):
-    """Build a vocabulary and embedding table for `reviews` from a vector file other than the checkpoint's.
+def load_matching_vectors(trained, path, unicode_errors="strict"):
+    """Load a vector file other than the checkpoint's and check that it fits the model.
 
     Args:
-      trained: the `TrainedModel` that will read the table.
+      trained: the `TrainedModel` that will read the vectors.
       path: a vector file in a format `load_vectors` reads.
-      reviews: lists of word strings; only their words get rows.
       unicode_errors: passed to `load_vectors`.
 
     Returns:
-      (Vocabulary, <float32>[len(vocabulary), input_size] on the device).
+      gensim `KeyedVectors`.
 
     Raises:
-      EmbeddingsError: the file cannot be read, its dimension differs from the model's input size, or none
-        of the words has a vector.
+      EmbeddingsError: the file cannot be read or its dimension differs from the model's input size.
     """
     vectors = load_vectors(path, unicode_errors=unicode_errors)
     expected = trained.metadata["model"]["input_size"]
@@ -88,6 +86,4 @@ def table_from_vectors(trained, path, reviews, unicode_errors="strict"):
             f"trained with dimension {expected} ({trained.metadata.get('embeddings_source')}). Pass vectors of "
             f"dimension {expected}."
         )
-    vocabulary = Vocabulary.from_reviews([reviews], lambda word: word in vectors.key_to_index)
-    table = build_table(vocabulary, vectors, str(path))
-    return vocabulary, jax.device_put(table)
+    return vectors

@@ -16,6 +16,8 @@ from gru_jax.checkpoints import CheckpointStore
 from gru_jax.classifier import SentimentClassifier, embed
 from gru_jax.errors import CheckpointError, DivergedError, EmbeddingsError
 from gru_jax.metrics import classification_metrics
+from gru_jax.parallel import DataParallel
+from gru_jax.scoring import score_batches
 
 logger = logging.getLogger(__name__)
 
@@ -89,34 +91,35 @@ def batch_arrays(batch):
 
 
 def predict_log_probs(predict, params, table, encoded, batch_size, max_batch_tokens=None, min_bucket=32,
-                      growth=2.0):
+                      growth=2.0, parallel=None):
     """Score every encoded review in length-sorted batches.
+
+    Args:
+      params, table: placed by `parallel.replicate`.
+      parallel: a `DataParallel`; None uses one device.
 
     Returns:
       <float32>[num_reviews, num_classes], in the order of `encoded.token_ids`.
     """
+    parallel = parallel or DataParallel(jax.devices()[:1])
     labels = np.zeros(len(encoded.token_ids), dtype=np.int32)
-    batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, max_batch_tokens, min_bucket, growth)
-    outputs = []
-    for batch in batcher.batches():
-        outputs.append((batch.indices, predict(params, table, batch.token_ids, batch.lengths)))
+    batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, max_batch_tokens, min_bucket, growth,
+                              row_multiple=parallel.num_devices)
     result = None
-    for indices, log_probs in outputs:
-        log_probs = np.asarray(log_probs)
+    for indices, log_probs in score_batches(predict, params, table, batcher.batches(), parallel):
         if result is None:
             result = np.zeros((len(encoded.token_ids), log_probs.shape[1]), dtype=np.float32)
-        real = indices >= 0
-        result[indices[real]] = log_probs[real]
+        result[indices] = log_probs
     return result
 
 
-def evaluate_encoded(predict, params, table, encoded, archive, batch_size, max_batch_tokens=None):
+def evaluate_encoded(predict, params, table, encoded, archive, batch_size, max_batch_tokens=None, parallel=None):
     """Score an archive's encoded reviews and compute metrics; empty reviews are skipped and counted.
 
     Returns:
       (metrics dict, log-probabilities <float32>[num_scored, num_classes]).
     """
-    log_probs = predict_log_probs(predict, params, table, encoded, batch_size, max_batch_tokens)
+    log_probs = predict_log_probs(predict, params, table, encoded, batch_size, max_batch_tokens, parallel=parallel)
     kept = encoded.review_indices
     predictions = log_probs.argmax(axis=1)
     metrics = classification_metrics(
@@ -207,15 +210,17 @@ class Trainer:
       checkpoint_dir: the orbax checkpoint directory of this run.
       model_metadata: JSON-ready facts stored in every checkpoint (model settings, vocabulary, config).
       progress_bar: show a tqdm bar per epoch on stderr.
+      parallel: a `DataParallel`; None uses all devices, data-parallel when there are several.
     """
 
-    def __init__(self, config, data, checkpoint_dir, model_metadata, progress_bar=False):
+    def __init__(self, config, data, checkpoint_dir, model_metadata, progress_bar=False, parallel=None):
         self.config = config
         self.data = data
         self.model_metadata = model_metadata
         self.progress_bar = progress_bar
+        self.parallel = parallel or DataParallel()
         self.model = build_model(config.cell, config.hidden_size, config.resolved_num_layers(), config.unroll)
-        self.table = jax.device_put(data.table)
+        self.table = self.parallel.replicate(data.table)
         encoded = data.train_encoded
         labels = data.train.labels[encoded.review_indices]
         batch_size = min(config.batch_size, len(encoded.token_ids))
@@ -225,7 +230,8 @@ class Trainer:
                 config.batch_size, len(encoded.token_ids), batch_size,
             )
         self.batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, config.max_batch_tokens,
-                                       config.min_bucket, config.bucket_growth)
+                                       config.min_bucket, config.bucket_growth,
+                                       row_multiple=self.parallel.num_devices)
         self.optimizer = make_optimizer(config.learning_rate, config.momentum, config.clip_norm,
                                         config.lr_schedule, total_steps=config.epochs * len(self.batcher))
         self.train_step = make_train_step(self.model, self.optimizer)
@@ -315,10 +321,13 @@ class Trainer:
                 logger.warning("%s: no checkpoint to resume from; starting from the beginning", self.store.directory)
             params, opt_state, progress = self.initial_state()
         progress.finished = False
+        params, opt_state = self.parallel.replicate((params, opt_state))
 
         logger.info("training %s: %d layer(s), hidden size %d, %d training reviews, %d batches per epoch, shapes %s",
                     config.cell, config.resolved_num_layers(), config.hidden_size, len(self.batcher.token_ids),
                     len(self.batcher), self.batcher.shapes)
+        if self.parallel.is_parallel:
+            logger.info("data-parallel on %s", self.parallel.describe())
         with deferred_signals() as interrupt:
             while progress.epoch < config.epochs:
                 params, opt_state = self._run_epoch(params, opt_state, progress, interrupt)
@@ -347,7 +356,8 @@ class Trainer:
         started = time.perf_counter()
         try:
             for batch in self.batcher.batches(rng, start=progress.batch_in_epoch):
-                params, opt_state, loss = self.train_step(params, opt_state, self.table, batch_arrays(batch))
+                arrays = self.parallel.split_batch(batch_arrays(batch))
+                params, opt_state, loss = self.train_step(params, opt_state, self.table, arrays)
                 pending.append(loss)
                 progress.step += 1
                 progress.batch_in_epoch += 1
