@@ -95,6 +95,7 @@ def model_metadata(config, data):
         },
         "vocabulary": list(data.vocabulary.words),
         "embeddings_source": data.embeddings_source,
+        "num_train_reviews": len(data.train_encoded.token_ids),
         "category_names": list(data.train.category_names),
         "config": config.to_dict(),
     }

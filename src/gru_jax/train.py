@@ -8,14 +8,8 @@ from gru_jax.config import make_config
 from gru_jax.metrics import format_report
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m gru_jax.train",
-        description="Train a GRU or pmGRU sentiment classifier on DLStudio sentiment archives and report "
-        "test accuracy and the confusion matrix. Flags override the config file; both override defaults.",
-    )
-    parser.add_argument("--config", help="TOML file with settings, e.g. configs/default.toml")
-    parser.add_argument("--cell", choices=None, help="recurrent cell: gru or pmgru (default pmgru)")
+def add_config_flags(parser):
+    """Add the flags of the model, data, word vectors and optimization (all but --cell, --seed and --output-dir)."""
     parser.add_argument("--num-layers", type=int, help="stacked recurrent layers (default: gru 2, pmgru 1)")
     parser.add_argument("--hidden-size", type=int, help="size of each layer's hidden state (default 100)")
     parser.add_argument("--train-data", help="training archive sentiment_dataset_train_N.tar.gz (default: shipped _200)")
@@ -25,20 +19,31 @@ def build_parser():
     parser.add_argument("--embeddings-unicode-errors", choices=("strict", "ignore", "replace"),
                         help="how to treat words that are not valid UTF-8 in word2vec files (default strict)")
     parser.add_argument("--cache-dir", help="where in-corpus word2vec vectors are cached (default ~/.cache/gru_jax)")
-    parser.add_argument("--output-dir", help="run directory; '{cell}' is replaced by the cell (default runs/{cell})")
     parser.add_argument("--epochs", type=int, help="passes over the training data")
     parser.add_argument("--batch-size", type=int, help="reviews per optimizer step")
     parser.add_argument("--learning-rate", type=float, help="SGD learning rate")
     parser.add_argument("--momentum", type=float, help="SGD momentum")
     parser.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning-rate schedule: constant, or cosine decay to 0")
-    parser.add_argument("--seed", type=int, help="seed of initialization, data order and, unless --word2vec-seed "
-                        "is given, word2vec")
     parser.add_argument("--word2vec-seed", type=int, help="seed of the in-corpus word2vec vectors (default: --seed)")
     parser.add_argument("--max-length", type=int, help="keep at most this many words of each review")
     parser.add_argument("--log-every", type=int, help="log the average loss every this many steps")
     parser.add_argument("--checkpoint-every", type=int, help="also save a checkpoint every this many steps")
     parser.add_argument("--unroll", type=int, help="time steps per iteration of the compiled scan loop")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m gru_jax.train",
+        description="Train a GRU or pmGRU sentiment classifier on DLStudio sentiment archives and report "
+        "test accuracy and the confusion matrix. Flags override the config file; both override defaults.",
+    )
+    parser.add_argument("--config", help="TOML file with settings, e.g. configs/default.toml")
+    parser.add_argument("--cell", choices=None, help="recurrent cell: gru or pmgru (default pmgru)")
+    add_config_flags(parser)
+    parser.add_argument("--seed", type=int, help="seed of initialization, data order and, unless --word2vec-seed "
+                        "is given, word2vec")
+    parser.add_argument("--output-dir", help="run directory; '{cell}' is replaced by the cell (default runs/{cell})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -46,10 +51,12 @@ def build_parser():
     return parser
 
 
-CONFIG_FLAGS = ("cell", "num_layers", "hidden_size", "train_data", "test_data", "embeddings",
-                "embeddings_unicode_errors", "cache_dir", "output_dir", "epochs", "batch_size", "learning_rate",
-                "momentum", "clip_norm", "lr_schedule", "seed", "word2vec_seed", "max_length", "log_every",
-                "checkpoint_every", "unroll")
+# The TrainConfig fields that add_config_flags sets; gru_jax.compare takes these too.
+SHARED_CONFIG_FLAGS = ("num_layers", "hidden_size", "train_data", "test_data", "embeddings",
+                       "embeddings_unicode_errors", "cache_dir", "epochs", "batch_size", "learning_rate", "momentum",
+                       "clip_norm", "lr_schedule", "word2vec_seed", "max_length", "log_every", "checkpoint_every",
+                       "unroll")
+CONFIG_FLAGS = ("cell", "seed", "output_dir") + SHARED_CONFIG_FLAGS
 
 
 def train_from_args(args):
