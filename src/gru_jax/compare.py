@@ -24,8 +24,9 @@ def build_parser():
     parser.add_argument("--config", help="TOML file with settings, e.g. configs/default.toml; its cell is ignored")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="seeds of initialization and data order; each cell is trained once per seed "
-                        f"(default {' '.join(map(str, DEFAULT_SEEDS))}); with --checkpoints, only runs with these seeds "
-                        "are compared")
+                        f"(default {' '.join(map(str, DEFAULT_SEEDS))}). The word vectors are trained once for all "
+                        "runs, with --word2vec-seed or else the config file's seed (default 0). With --checkpoints, "
+                        "only the runs with these seeds are compared")
     add_config_flags(parser)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                         help=f"where the report and the runs go (default {DEFAULT_OUTPUT_DIR})")

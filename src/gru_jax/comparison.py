@@ -1,7 +1,7 @@
 """Comparing GRU and pmGRU fairly: both cells on the same data, word vectors and batches, over several seeds.
 
-For a given seed both cells get the same initialization seed and the same batches in the same order
-(`Trainer` shuffles with the seed and the epoch only), and every run reads one `PreparedData`, so
+For a given seed both cells get the same initialization seed and the same batches in the same order,
+because `Trainer` shuffles with the seed and the epoch only. Every run reads one `PreparedData`, so
 the vocabulary, the word vectors and the encoded reviews are identical. Only the cell differs.
 """
 
@@ -133,7 +133,7 @@ def train_runs(config, seeds, output_dir, resume=False, overwrite=False, progres
     logger.info("prepared the data once for all runs in %.1f s", time.perf_counter() - started)
     parallel = parallel or DataParallel()
 
-    runs, run_seconds = [], []
+    runs, run_seconds = [], {cell: [] for cell in CELLS}
     for number, (run_config, run_dir, action) in enumerate(plan, start=1):
         cell, seed = run_config.cell, run_config.seed
         logger.info("run %d of %d: %s, seed %d", number, len(plan), cell, seed)
@@ -165,11 +165,11 @@ def train_runs(config, seeds, output_dir, resume=False, overwrite=False, progres
         write_json(run_dir / "metrics.json", result.to_json())
         runs.append(result)
 
-        run_seconds.append(time.perf_counter() - run_started)
-        remaining = len(plan) - number
+        run_seconds[cell].append(time.perf_counter() - run_started)
+        remaining = plan[number:]
+        estimate = sum(np.mean(run_seconds[next_config.cell] or run_seconds[cell]) for next_config, _, _ in remaining)
         logger.info("run %d of %d finished: accuracy %.2f%%, %.0f s; an estimated %.0f s left for %d run(s)",
-                    number, len(plan), 100 * metrics["accuracy"], run_seconds[-1],
-                    np.mean(run_seconds) * remaining, remaining)
+                    number, len(plan), 100 * metrics["accuracy"], run_seconds[cell][-1], estimate, len(remaining))
     return runs, comparison_settings(config.to_dict(), seeds, data.test.path, data.embeddings_source)
 
 
@@ -287,8 +287,11 @@ def load_runs(paths, test_data=None, seeds=None, batch_size=None, parallel=None)
 
 
 def check_runs(runs):
-    """Raise ConfigError unless there are runs of both cells and no cell-seed pair twice; warn when the
-    runs do not share their word vectors, because then the comparison is not paired on them."""
+    """Raise ConfigError unless there are runs of both cells and no cell and seed occur twice.
+
+    Runs that do not share their embedding table get a warning, because then the cells are not
+    compared on the same inputs.
+    """
     seen = {}
     for run in runs:
         key = (run.cell, run.seed)

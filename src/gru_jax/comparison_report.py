@@ -34,9 +34,15 @@ def write_comparison(summary, output_dir):
                            f"mean over seeds with {_percent(summary['settings']['confidence'])} confidence interval; "
                            "dots: single seeds")
 
-    curves = {cell: {f"seed {run['seed']}": run["loss_history"] for run in runs if run["cell"] == cell}
-              for cell in cells}
-    plot_loss_curves_by_group(curves, output_dir / "loss_curves.png", title="training loss of both cells")
+    per_epoch = {cell: {f"seed {run['seed']}": [[epoch, loss] for epoch, loss in enumerate(run["epoch_losses"], 1)]
+                        for run in runs if run["cell"] == cell} for cell in cells}
+    per_window = {cell: {f"seed {run['seed']}": run["loss_history"] for run in runs if run["cell"] == cell}
+                  for cell in cells}
+    plot_loss_curves_by_group(
+        [("mean over each epoch", "epoch", per_epoch),
+         ("mean over each logging window (the last of an epoch may be short)", "optimizer step", per_window)],
+        output_dir / "loss_curves.png", title="training loss of both cells",
+    )
 
     summary = dict(summary, files=list(REPORT_FILES))
     write_json(output_dir / "comparison.json", summary)
@@ -89,7 +95,8 @@ def format_markdown(summary):
         "",
         f"- Training data: `{settings['train_data']}`",
         f"- Test data: `{settings['test_data']}` ({num_test_reviews} scored reviews)",
-        f"- Word vectors: {settings['embeddings_source']}",
+        f"- Word vectors: {settings['embeddings_source']}"
+        + (f" (word2vec seed {settings['word2vec_seed']})" if not settings.get("embeddings") else ""),
         f"- Seeds: {', '.join(map(str, settings['seeds']))}. A seed sets initialization and the order of batches; "
         "both cells see the same word vectors and, for a given seed, the same batches.",
         f"- Settings: {settings['epochs']} epochs, batch size {settings['batch_size']}, learning rate "
@@ -144,7 +151,8 @@ def _difference_lines(summary):
         "## Difference",
         "",
         f"Accuracy of {first} minus {second}, paired by seed ({', '.join(map(str, difference['seeds']))}): "
-        f"{_signed(difference['mean'])} percentage points, {confidence} CI {_interval(difference, signed=True)}.",
+        f"{_signed(difference['mean'])} percentage points, {confidence} CI {_interval(difference, signed=True)} "
+        "(the t interval of the per-seed differences).",
         "",
         f"McNemar's test on the predictions of seed {mcnemar['seed']} for the same {mcnemar['num_reviews']} test "
         f"reviews: {mcnemar['only_a_correct']} reviews only {first} classified correctly, "

@@ -97,28 +97,32 @@ def plot_confusion_matrices(matrices, path, class_names, title=None):
     _save_figure(figure, path)
 
 
-def plot_loss_curves_by_group(groups, path, title="training loss"):
-    """Plot loss curves with one color per group and one line per member, e.g. per cell and seed.
+def plot_loss_curves_by_group(panels, path, title=None):
+    """Plot loss curves side by side, with one color per group and one line per member (e.g. cell and seed).
 
     Args:
-      groups: dict of group label -> dict of member label -> list of [step, mean loss] pairs.
+      panels: a list of (panel title, x-axis label, groups), where groups is a dict of group label ->
+        dict of member label -> list of [x, mean loss] pairs.
       path: the PNG file to write.
     """
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     styles = ["-", "--", ":", "-."]
-    for color_index, (group, members) in enumerate(groups.items()):
-        for member_index, (member, history) in enumerate(members.items()):
-            if not history:
-                continue
-            steps, losses = zip(*history)
-            axes.plot(steps, losses, color=f"C{color_index}", linestyle=styles[member_index % len(styles)],
-                      alpha=0.85, label=f"{group} {member}")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("mean NLL loss")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, ncol=2)
+    for axes, (panel_title, xlabel, groups) in zip(axes_list[0], panels):
+        for color_index, (group, members) in enumerate(groups.items()):
+            for member_index, (member, history) in enumerate(members.items()):
+                if not history:
+                    continue
+                xs, losses = zip(*history)
+                axes.plot(xs, losses, color=f"C{color_index}", linestyle=styles[member_index % len(styles)],
+                          marker="o" if len(xs) <= 30 else None, markersize=3, alpha=0.85, label=f"{group} {member}")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("mean NLL loss")
+        axes.set_title(panel_title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, ncol=2)
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     _save_figure(figure, path)
 
