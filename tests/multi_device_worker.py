@@ -50,6 +50,7 @@ def run_on(devices, cell, data, config, work_dir, test_subsets):
         "shapes": trainer.batcher.shapes,
         "evaluations": evaluations,
         "streamed": streamed,
+        "checkpoint": str(fit.checkpoint_dir),
     }
 
 
@@ -84,6 +85,7 @@ def main(work_dir, cache_dir):
                 for name in test_subsets
             },
             "streamed": [one["streamed"], every["streamed"]],
+            "checkpoints": [one["checkpoint"], every["checkpoint"]],
         }
     print(json.dumps(report))
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TEST_3
 from gru_jax.batching import BucketedBatcher, round_up_rows
+from gru_jax.model_io import load_trained_model
 from gru_jax.parallel import DataParallel
+from gru_jax.scoring import evaluate_archives
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4
@@ -74,6 +77,17 @@ def test_streamed_evaluation_same_on_four_devices(four_device_report, cell):
     assert one["num_reviews"] == 2 * in_memory["num_reviews"]
     assert one["confusion_matrix"] == (2 * np.asarray(in_memory["confusion_matrix"])).tolist()
     assert one["accuracy"] == in_memory["accuracy"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "pmgru"])
+def test_four_device_checkpoint_loads_on_one(four_device_report, cell):
+    # This process has one device; orbax would put the arrays back on the 4 devices they were saved from.
+    result = four_device_report["cells"][cell]
+    trained = load_trained_model(result["checkpoints"][1])
+    metrics = evaluate_archives(trained, [TEST_3, TEST_3], batch_size=7)
+    assert metrics["num_devices"] == 1
+    for key in ("num_reviews", "accuracy", "confusion_matrix", "per_category"):
+        assert metrics[key] == result["streamed"][1][key], key
 
 
 def test_single_device_leaves_batches_alone():

@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -144,6 +145,21 @@ class CheckpointStore:
             )
         return restored
 
+    def _host_target(self, step):
+        """Return NumPy arrays shaped like the saved state, so that restoring puts it in host memory.
+
+        Without a target, orbax puts each array back on the devices it was saved from, which fails
+        when they do not exist here, e.g. for a checkpoint saved by a data-parallel run on 4 devices.
+        """
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{self.directory / str(step)}: cannot be restored ({type(error).__name__}: {error}). "
+                "Pass a checkpoint written by gru_jax, or train again."
+            ) from None
+        return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved.tree)
+
     def read_metadata(self, step=None):
         """Read only the metadata dict of a checkpoint (the latest when step is None)."""
         step = self._resolve_step(step)
@@ -160,6 +176,8 @@ class CheckpointStore:
           dict with keys 'step', 'state', 'table' and 'metadata'.
         """
         step = self._resolve_step(step)
+        if state_target is None:
+            state_target = self._host_target(step)
         restored = self._restore_items(
             step,
             state=ocp.args.StandardRestore(state_target),
