@@ -117,3 +117,14 @@ def test_batcher_row_multiple_keeps_sequences_per_batch():
 @pytest.mark.parametrize("rows, multiple, expected", [(5, 4, 8), (8, 4, 8), (1, 4, 4), (7, 1, 7)])
 def test_round_up_rows(rows, multiple, expected):
     assert round_up_rows(rows, multiple) == expected
+
+
+def test_distributed_without_coordinator_message(tmp_path):
+    # A subprocess, because jax.distributed.initialize must come before JAX starts its backends.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    finished = subprocess.run([sys.executable, "-m", "gru_jax.evaluate", "--checkpoint", str(tmp_path),
+                               "--num-processes", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 1
+    assert "jax.distributed.initialize failed" in finished.stderr
+    assert "--coordinator-address" in finished.stderr

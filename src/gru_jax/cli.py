@@ -30,6 +30,14 @@ def setup_logging(verbose=False):
 def add_common_flags(parser):
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    group = parser.add_argument_group("multi-process runs", "start the same command once per process; see "
+                                      "docs/multi_device.md")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize first (implied by the three flags below); on Cloud "
+                       "TPU, Slurm and Open MPI it detects their values, elsewhere give them")
+    group.add_argument("--coordinator-address", help="HOST:PORT of the coordinator service that process 0 starts")
+    group.add_argument("--num-processes", type=int, help="number of processes in the run")
+    group.add_argument("--process-id", type=int, help="this process's index, 0 to num-processes - 1")
 
 
 def _one_line(error):
@@ -66,6 +74,11 @@ def run_main(function, args):
     except ValueError:
         previous_sigterm = None  # Not the main thread, where signals cannot be caught.
     try:
+        settings = [getattr(args, name, None) for name in ("coordinator_address", "num_processes", "process_id")]
+        if getattr(args, "distributed", False) or any(value is not None for value in settings):
+            from gru_jax.parallel import initialize_distributed
+
+            initialize_distributed(*settings)
         function(args)
     except InputError as error:
         return _fail(args, _one_line(error), EXIT_BAD_INPUT)

@@ -20,6 +20,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gru_jax.errors import RunError
+
 logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
@@ -96,12 +98,18 @@ class DataParallel:
 
 
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
-    """Join a multi-process JAX run; must run before any other JAX call of the process.
+    """Join a multi-process JAX run. Call it before any other JAX call of the process.
 
-    Arguments left as None are detected by `jax.distributed.initialize` on Cloud TPU, Slurm and
-    Open MPI; elsewhere all three must be given.
+    `jax.distributed.initialize` detects arguments left as None on Cloud TPU, Slurm and Open MPI.
+    Elsewhere all three must be given.
     """
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+    except (RuntimeError, ValueError) as error:
+        raise RunError(
+            f"jax.distributed.initialize failed ({error}). Check --coordinator-address, --num-processes and "
+            "--process-id, and that every process was started."
+        ) from None
     logger.info("process %d of %d; %d local and %d global devices", jax.process_index(), jax.process_count(),
                 jax.local_device_count(), jax.device_count())
