@@ -78,6 +78,13 @@ def test_summarize_pairs_seeds_and_tests_first_seed():
     assert summary["mcnemar"]["only_b_correct"] == 0
 
 
+def test_summarize_warns_single_class_run():
+    runs = [fake_run("gru", 0, [1, 1, 1, 1]), fake_run("pmgru", 0, [1, 0, 0, 1])]
+    warnings = summarize(runs, {"seeds": [0]})["warnings"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("gru seed 0 predicted positive for every test review")
+
+
 def test_check_runs_needs_both_cells():
     with pytest.raises(ConfigError, match="no run of pmgru"):
         check_runs([fake_run("gru", 0, [1, 0])])

@@ -73,6 +73,8 @@ def compare_from_args(args):
     summary = summarize(runs, settings)
     write_comparison(summary, output_dir)
     print(summary_table(summary))
+    for warning in summary["warnings"]:
+        print(f"\nwarning: {warning}")
     if summary["mcnemar"]:
         mcnemar = summary["mcnemar"]
         first, second = mcnemar["cells"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from gru_jax.archives import load_archive
+from gru_jax.archives import CLASS_NAMES, load_archive
 from gru_jax.cells import CELLS
 from gru_jax.checkpoints import resolve
 from gru_jax.errors import CheckpointError, ConfigError
@@ -357,7 +357,29 @@ def summarize(runs, settings, confidence=CONFIDENCE, alpha=SIGNIFICANCE_LEVEL):
         summary["difference"] = None
         summary["mcnemar"] = None
     summary["runs"] = [run.to_json() for run in sorted(runs, key=lambda run: (run.seed, cells.index(run.cell)))]
+    summary["warnings"] = single_class_warnings(runs)
+    for warning in summary["warnings"]:
+        logger.warning("%s", warning)
     return summary
+
+
+def single_class_warnings(runs):
+    """Return a message for each run that predicted the same class for every test review, which
+    means that its training failed; such a run still counts in the means and intervals."""
+    warnings = []
+    for run in sorted(runs, key=lambda run: (run.seed, run.cell)):
+        predicted = np.asarray(run.test["confusion_matrix"]).sum(axis=0)
+        if np.count_nonzero(predicted) != 1:
+            continue
+        predicted_class = int(np.argmax(predicted))
+        name = CLASS_NAMES[predicted_class] if len(predicted) == len(CLASS_NAMES) else f"class {predicted_class}"
+        losses = run.epoch_losses or [float("nan")]
+        warnings.append(
+            f"{run.cell} seed {run.seed} predicted {name} for every test review, so its training failed "
+            f"(highest epoch loss {max(losses):.3f}, final {losses[-1]:.3f}). It still counts in the means and "
+            "intervals."
+        )
+    return warnings
 
 
 def paired_test(run_a, run_b, alpha=SIGNIFICANCE_LEVEL):

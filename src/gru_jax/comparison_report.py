@@ -110,10 +110,13 @@ def format_markdown(summary):
         "",
         f"The {confidence} confidence interval (CI) of a mean over n seeds is mean ± t(0.975, n − 1) · sd / √n, "
         "with sd the sample standard deviation and t the Student-t quantile (scipy.stats.t). With one seed there "
-        "is no interval. Training time and both throughputs include compilation. Training throughput is training "
-        "reviews times epochs per second of training time.",
+        "is no interval, and with few seeds an interval can extend past 0 or 100%. Training time and both "
+        "throughputs include compilation. Training throughput is training reviews times epochs per second of "
+        "training time.",
         "",
     ]
+    for warning in summary.get("warnings", []):
+        lines += [f"**Warning:** {warning}", ""]
     lines += _difference_lines(summary)
     lines += [
         "",

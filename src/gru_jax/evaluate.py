@@ -21,7 +21,8 @@ def build_parser():
                         help="one or more test archives, scored one after another as a single test set "
                         "(default: the run's test archive)")
     parser.add_argument("--output", help="write the metrics to this JSON file")
-    parser.add_argument("--predictions", help="write each scored review's label, prediction and log-probabilities to this CSV file")
+    parser.add_argument("--predictions", help="write each scored review's label, prediction, log-probabilities and "
+                        "archive to this CSV file")
     parser.add_argument("--batch-size", type=int, default=None, help="reviews per evaluation batch (default: the run's)")
     parser.add_argument("--embeddings", help="word vectors (.kv, .bin, .bin.gz, .txt or .vec) to use in place of the "
                         "checkpoint's table; their dimension must be the model's input size")
