@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from gru_jax.archives import CLASS_NAMES
+from gru_jax.config import DEFAULT_LEARNING_RATES
 from gru_jax.reports import plot_confusion_matrices, plot_grouped_intervals, plot_loss_curves_by_group, write_json
 
 REPORT_FILES = ("report.md", "comparison.json", "confusion_matrices.png", "accuracy.png", "loss_curves.png")
@@ -100,7 +101,7 @@ def format_markdown(summary):
         f"- Seeds: {', '.join(map(str, settings['seeds']))}. A seed sets initialization and the order of batches; "
         "both cells see the same word vectors and, for a given seed, the same batches.",
         f"- Settings: {settings['epochs']} epochs, batch size {settings['batch_size']}, learning rate "
-        f"{settings['learning_rate']}, momentum {settings['momentum']}, gradient clipping "
+        f"{settings['learning_rate'] or 'per cell (' + ', '.join(f'{c} {r}' for c, r in DEFAULT_LEARNING_RATES.items()) + ')'}, momentum {settings['momentum']}, gradient clipping "
         f"{settings['clip_norm'] if settings['clip_norm'] is not None else 'off'}",
         f"- Devices: {settings['devices']}",
         "",

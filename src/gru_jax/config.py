@@ -20,6 +20,11 @@ def default_cache_dir():
     return str(Path(base) / "gru_jax")
 
 
+# With the cosine schedule, batches of 16 and momentum 0.9. The two-layer GRU diverged to predicting one
+# class on one seed of three at 0.2, and reached the same accuracy as the pmGRU at 0.1.
+DEFAULT_LEARNING_RATES = {"gru": 0.1, "pmgru": 0.2}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a training run. Field names are also the config-file keys and, with '-' for
@@ -50,7 +55,7 @@ class TrainConfig:
     # Optimization. The defaults are those of configs/default.toml; configs/dlstudio.toml has DLStudio's.
     epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 0.2
+    learning_rate: float | None = None  # None: the cell's default, DEFAULT_LEARNING_RATES.
     momentum: float = 0.9
     clip_norm: float | None = None  # Clip gradients to this global norm; None disables clipping.
     lr_schedule: str = "cosine"  # "constant", or "cosine" decay from learning_rate to 0 over all steps.
@@ -64,6 +69,9 @@ class TrainConfig:
     output_dir: str = "runs/{cell}"
     log_every: int = 50  # Log the average loss every this many steps.
     checkpoint_every: int = 0  # Also save a checkpoint every this many steps; 0 saves after each epoch only.
+
+    def resolved_learning_rate(self):
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.cell]
 
     def resolved_num_layers(self):
         return self.num_layers if self.num_layers is not None else DEFAULT_NUM_LAYERS[self.cell]
@@ -153,7 +161,7 @@ def validate(config):
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key.replace('_', '-')} = {value} is invalid: it must be at least 1.")
-    if not 0 < config.learning_rate < math.inf:
+    if config.learning_rate is not None and not 0 < config.learning_rate < math.inf:
         raise ConfigError(f"learning-rate = {config.learning_rate} is invalid: it must be finite and above 0, e.g. 1e-3.")
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"momentum = {config.momentum} is invalid: it must be in [0, 1), e.g. 0.9.")

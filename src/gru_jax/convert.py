@@ -117,7 +117,7 @@ def convert_from_torch(args):
         import shutil
 
         shutil.rmtree(checkpoint_dir)
-    optimizer = make_optimizer(config.learning_rate, config.momentum, config.clip_norm)
+    optimizer = make_optimizer(config.resolved_learning_rate(), config.momentum, config.clip_norm)
     progress = Progress(epoch=config.epochs, finished=True)
     metadata = dict(model_metadata(config, data), progress=dataclasses.asdict(progress),
                     converted_from=str(Path(args.torch_model).absolute()))

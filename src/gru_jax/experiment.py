@@ -66,6 +66,12 @@ def check_output_dir(config, output_dir, resume, overwrite):
             "Pass --overwrite to replace it, or choose another --output-dir."
         )
     if resume:
+        if current["lr_schedule"] == "cosine" and saved.get("epochs") != current["epochs"]:
+            logger.warning(
+                "%s: epochs changed from %s to %s, so the cosine learning-rate schedule is stretched from here "
+                "on; the result differs from a run started with %s epochs",
+                output_dir, saved.get("epochs"), current["epochs"], current["epochs"],
+            )
         return "resume"
     if not (output_dir / "metrics.json").exists():
         raise ConfigError(

@@ -232,7 +232,7 @@ class Trainer:
         self.batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, config.max_batch_tokens,
                                        config.min_bucket, config.bucket_growth,
                                        row_multiple=self.parallel.num_devices)
-        self.optimizer = make_optimizer(config.learning_rate, config.momentum, config.clip_norm,
+        self.optimizer = make_optimizer(config.resolved_learning_rate(), config.momentum, config.clip_norm,
                                         config.lr_schedule, total_steps=config.epochs * len(self.batcher))
         self.train_step = make_train_step(self.model, self.optimizer)
         self.store = CheckpointStore(checkpoint_dir)
@@ -277,7 +277,7 @@ class Trainer:
                          if latest is not None else "no checkpoint was saved yet")
             raise DivergedError(
                 f"parameters became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}); {last_good}. "
-                f"Lower --learning-rate (now {self.config.learning_rate}) or set --clip-norm."
+                f"Lower --learning-rate (now {self.config.resolved_learning_rate()}) or set --clip-norm."
             )
 
     def save(self, params, opt_state, progress):
@@ -300,7 +300,7 @@ class Trainer:
                     if latest is not None else "no checkpoint was saved yet")
             raise DivergedError(
                 f"training loss became {losses[~finite][0]} at step {bad_step} (epoch {progress.epoch + 1}); "
-                f"{kept}. Lower --learning-rate (now {self.config.learning_rate}) or set --clip-norm."
+                f"{kept}. Lower --learning-rate (now {self.config.resolved_learning_rate()}) or set --clip-norm."
             )
         return losses
 
