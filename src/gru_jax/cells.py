@@ -6,6 +6,11 @@ outside the time loop:
 * `project_inputs` applies the input-to-hidden weights to any number of time steps at once;
 * `__call__` takes the carry and one projected time step, and returns the next carry.
 
+Both methods call static functions of the cell class that take the parameters as a dict, and
+`gru_jax.rnn` calls those functions directly inside its compiled loops. Each cell also has the
+hand-written backward pass of its step (`step_backward`), so that the layer can keep the weight
+gradients out of its time loop. Tests compare it with JAX's automatic differentiation.
+
 Parameters are initialized as PyTorch initializes the reference modules: uniform in
 [-1/sqrt(fan_in), 1/sqrt(fan_in)], with fan_in = hidden_size for `nn.GRU` and fan_in =
 input_size + hidden_size for the pmGRU's `nn.Linear` layers over `[x; h]`.
@@ -59,19 +64,98 @@ class GRUCell(nn.Module):
         self.hidden_kernel = self.param("hidden_kernel", init, (self.hidden_size, gates))
         self.hidden_bias = self.param("hidden_bias", init, (gates,))
 
+    def param_dict(self):
+        """Return the parameters by name, as the static functions take them."""
+        return {"input_kernel": self.input_kernel, "input_bias": self.input_bias,
+                "hidden_kernel": self.hidden_kernel, "hidden_bias": self.hidden_bias}
+
     def project_inputs(self, inputs):
         """Apply the input weights: <float32>[..., input_size] -> <float32>[..., 3 * hidden_size]."""
-        return inputs @ self.input_kernel + self.input_bias
+        return self.project(self.param_dict(), inputs)
 
     def __call__(self, carry, projected):
         """Advance one step: carry <float32>[batch, hidden_size], projected <float32>[batch, 3 * hidden_size]."""
-        hidden = carry @ self.hidden_kernel + self.hidden_bias
+        return self.step(self.param_dict(), carry, projected)[0]
+
+    @staticmethod
+    def project(params, inputs):
+        """Apply the input weights and biases: <float32>[..., input_size] -> <float32>[..., 3 * hidden_size]."""
+        return inputs @ params["input_kernel"] + params["input_bias"]
+
+    @staticmethod
+    def project_backward(params, inputs, d_projected, input_gradients):
+        """Differentiate `project` over a block of steps.
+
+        Args:
+          inputs: <float32>[steps, batch, input_size].
+          d_projected: <float32>[steps, batch, 3 * hidden_size], the cotangent of the projected inputs.
+          input_gradients: whether to return the cotangent of `inputs`.
+
+        Returns:
+          (gradients of input_kernel and input_bias, <float32>[steps, batch, input_size] or None).
+        """
+        gradients = {"input_kernel": _sum_of_outer_products(inputs, d_projected),
+                     "input_bias": d_projected.sum(axis=(0, 1))}
+        d_inputs = d_projected @ params["input_kernel"].T if input_gradients else None
+        return gradients, d_inputs
+
+    @staticmethod
+    def step(params, carry, projected):
+        """Advance one step and keep what `step_backward` needs.
+
+        Args:
+          carry: <float32>[batch, hidden_size].
+          projected: <float32>[batch, 3 * hidden_size].
+
+        Returns:
+          (next carry <float32>[batch, hidden_size], saved: the gates r, z, n and W_hn h + b_hn, each
+          <float32>[batch, hidden_size]).
+        """
+        hidden = carry @ params["hidden_kernel"] + params["hidden_bias"]
         input_r, input_z, input_n = jnp.split(projected, 3, axis=-1)
         hidden_r, hidden_z, hidden_n = jnp.split(hidden, 3, axis=-1)
         reset = jax.nn.sigmoid(input_r + hidden_r)
         update = jax.nn.sigmoid(input_z + hidden_z)
         candidate = jnp.tanh(input_n + reset * hidden_n)
-        return (1.0 - update) * candidate + update * carry
+        return (1.0 - update) * candidate + update * carry, (reset, update, candidate, hidden_n)
+
+    @staticmethod
+    def step_backward(params, carry, saved, d_next_carry):
+        """Differentiate `step`.
+
+        Args:
+          carry: <float32>[batch, hidden_size], the carry the step started from.
+          saved: what `step` returned for that step.
+          d_next_carry: <float32>[batch, hidden_size], the cotangent of the carry it returned.
+
+        Returns:
+          d_carry: <float32>[batch, hidden_size].
+          d_projected: <float32>[batch, 3 * hidden_size].
+          d_hidden: <float32>[batch, 3 * hidden_size], the cotangent of carry @ hidden_kernel + hidden_bias.
+        """
+        reset, update, candidate, hidden_n = saved
+        d_candidate = d_next_carry * (1.0 - update)
+        d_update = d_next_carry * (carry - candidate)
+        d_candidate_sum = d_candidate * (1.0 - candidate * candidate)
+        d_reset = d_candidate_sum * hidden_n
+        d_reset_sum = d_reset * reset * (1.0 - reset)
+        d_update_sum = d_update * update * (1.0 - update)
+        d_projected = jnp.concatenate([d_reset_sum, d_update_sum, d_candidate_sum], axis=-1)
+        d_hidden = jnp.concatenate([d_reset_sum, d_update_sum, d_candidate_sum * reset], axis=-1)
+        d_carry = d_next_carry * update + d_hidden @ params["hidden_kernel"].T
+        return d_carry, d_projected, d_hidden
+
+    @staticmethod
+    def hidden_gradients(carries, saved, d_hidden):
+        """Gradients of hidden_kernel and hidden_bias over a block of steps.
+
+        Args:
+          carries: <float32>[steps, batch, hidden_size], the carry each step started from.
+          saved: what `step` returned, stacked over the steps.
+          d_hidden: <float32>[steps, batch, 3 * hidden_size], from `step_backward`.
+        """
+        return {"hidden_kernel": _sum_of_outer_products(carries, d_hidden),
+                "hidden_bias": d_hidden.sum(axis=(0, 1))}
 
 
 class PmGRUCell(nn.Module):
@@ -108,16 +192,82 @@ class PmGRUCell(nn.Module):
         self.forget_hidden_kernel = self.param("forget_hidden_kernel", init, (size, size))
         self.candidate_hidden_kernel = self.param("candidate_hidden_kernel", init, (size, size))
 
+    def param_dict(self):
+        """Return the parameters by name, as the static functions take them."""
+        return {"input_kernel": self.input_kernel, "bias": self.bias,
+                "forget_hidden_kernel": self.forget_hidden_kernel,
+                "candidate_hidden_kernel": self.candidate_hidden_kernel}
+
     def project_inputs(self, inputs):
         """Apply the input weights and biases: <float32>[..., input_size] -> <float32>[..., 2 * hidden_size]."""
-        return inputs @ self.input_kernel + self.bias
+        return self.project(self.param_dict(), inputs)
 
     def __call__(self, carry, projected):
         """Advance one step: carry <float32>[batch, hidden_size], projected <float32>[batch, 2 * hidden_size]."""
+        return self.step(self.param_dict(), carry, projected)[0]
+
+    @staticmethod
+    def project(params, inputs):
+        """Apply the input weights and biases: <float32>[..., input_size] -> <float32>[..., 2 * hidden_size]."""
+        return inputs @ params["input_kernel"] + params["bias"]
+
+    @staticmethod
+    def project_backward(params, inputs, d_projected, input_gradients):
+        """Differentiate `project` over a block of steps; see `GRUCell.project_backward`."""
+        gradients = {"input_kernel": _sum_of_outer_products(inputs, d_projected),
+                     "bias": d_projected.sum(axis=(0, 1))}
+        d_inputs = d_projected @ params["input_kernel"].T if input_gradients else None
+        return gradients, d_inputs
+
+    @staticmethod
+    def step(params, carry, projected):
+        """Advance one step and keep what `step_backward` needs.
+
+        Args:
+          carry: <float32>[batch, hidden_size].
+          projected: <float32>[batch, 2 * hidden_size].
+
+        Returns:
+          (next carry <float32>[batch, hidden_size], saved: the gate f and the candidate n, each
+          <float32>[batch, hidden_size]).
+        """
         input_f, input_n = jnp.split(projected, 2, axis=-1)
-        forget = jax.nn.sigmoid(input_f + carry @ self.forget_hidden_kernel)
-        candidate = jnp.tanh(input_n + (forget * carry) @ self.candidate_hidden_kernel)
-        return (1.0 - forget) * carry + forget * candidate
+        forget = jax.nn.sigmoid(input_f + carry @ params["forget_hidden_kernel"])
+        candidate = jnp.tanh(input_n + (forget * carry) @ params["candidate_hidden_kernel"])
+        return (1.0 - forget) * carry + forget * candidate, (forget, candidate)
+
+    @staticmethod
+    def step_backward(params, carry, saved, d_next_carry):
+        """Differentiate `step`.
+
+        Returns:
+          d_carry: <float32>[batch, hidden_size].
+          d_projected: <float32>[batch, 2 * hidden_size].
+          d_hidden: (cotangent of carry @ W_f's hidden columns, cotangent of (f * h) @ W_n's hidden
+          columns), each <float32>[batch, hidden_size].
+        """
+        forget, candidate = saved
+        d_candidate_sum = d_next_carry * forget * (1.0 - candidate * candidate)
+        d_gated_carry = d_candidate_sum @ params["candidate_hidden_kernel"].T
+        d_forget = d_next_carry * (candidate - carry) + d_gated_carry * carry
+        d_forget_sum = d_forget * forget * (1.0 - forget)
+        d_carry = (d_next_carry * (1.0 - forget) + d_gated_carry * forget
+                   + d_forget_sum @ params["forget_hidden_kernel"].T)
+        d_projected = jnp.concatenate([d_forget_sum, d_candidate_sum], axis=-1)
+        return d_carry, d_projected, (d_forget_sum, d_candidate_sum)
+
+    @staticmethod
+    def hidden_gradients(carries, saved, d_hidden):
+        """Gradients of the two hidden kernels over a block of steps; see `GRUCell.hidden_gradients`."""
+        forget, _ = saved
+        d_forget_sum, d_candidate_sum = d_hidden
+        return {"forget_hidden_kernel": _sum_of_outer_products(carries, d_forget_sum),
+                "candidate_hidden_kernel": _sum_of_outer_products(forget * carries, d_candidate_sum)}
+
+
+def _sum_of_outer_products(left, right):
+    """Sum left[i]^T right[i] over all leading axes: <float32>[..., m], <float32>[..., n] -> <float32>[m, n]."""
+    return left.reshape(-1, left.shape[-1]).T @ right.reshape(-1, right.shape[-1])
 
 
 CELLS = {"gru": GRUCell, "pmgru": PmGRUCell}
