@@ -1,8 +1,12 @@
 """Length-bucketed, padded batches with a bounded set of shapes.
 
-Every batch is padded to one of a few bucket lengths and always has the same number of rows for its
-bucket, so the jitted steps compile once per bucket and never again, however much data there is.
-Rows that only fill up a batch have weight 0 and are never counted in losses or metrics.
+Sequences are grouped by bucket: a batch contains sequences of one bucket, and every batch of a bucket
+has the same shape, so the jitted steps compile once per shape and never again, however much data
+there is. Rows that only fill up a batch have weight 0 and are never counted in losses or metrics.
+
+Each bucket's batches are padded to the length of an even-numbered bucket (bucket k to bucket
+k + k % 2), which roughly halves the number of shapes. The recurrent layers stop after the longest
+sequence of a batch (see `gru_jax.rnn`), so this padding costs memory but little time.
 """
 
 import dataclasses
@@ -83,8 +87,8 @@ class BucketedBatcher:
       token_ids: one <int32>[length] array per sequence, each of length at least 1.
       labels: <int32>[num_sequences].
       batch_size: rows per batch.
-      max_batch_tokens: upper bound on rows * padded length; a bucket whose length times batch_size
-        exceeds it gets fewer rows (at least 1), which bounds memory for very long sequences.
+      max_batch_tokens: upper bound on rows * padded length; a bucket whose padded length times
+        batch_size exceeds it gets fewer rows (at least 1), which bounds memory for very long sequences.
       min_bucket, growth: the bucket lengths, see `bucket_lengths_for`.
       row_multiple: every batch's row count is rounded up to a multiple of this (the device count of
         data-parallel steps) with filler rows; the sequences per batch stay as without it.
@@ -102,7 +106,10 @@ class BucketedBatcher:
         self.batch_size = int(batch_size)
         self.buckets = bucket_lengths_for(int(self.lengths.max()), min_bucket, growth)
         self.bucket_of = np.searchsorted(self.buckets, self.lengths, side="left")
-        self.rows_per_bucket = [rows_for_bucket(length, self.batch_size, max_batch_tokens) for length in self.buckets]
+        self.padded_lengths = [length if bucket % 2 == 0 else _next_bucket_length(length, growth)
+                               for bucket, length in enumerate(self.buckets)]
+        self.rows_per_bucket = [rows_for_bucket(length, self.batch_size, max_batch_tokens)
+                                for length in self.padded_lengths]
         self.padded_rows_per_bucket = [round_up_rows(rows, row_multiple) for rows in self.rows_per_bucket]
 
     def __len__(self):
@@ -113,11 +120,12 @@ class BucketedBatcher:
     @property
     def shapes(self):
         """The (rows, padded length) shapes that batches from this batcher can have."""
-        used = sorted(set(self.bucket_of.tolist()))
-        return [(self.padded_rows_per_bucket[b], self.buckets[b]) for b in used]
+        used = set(self.bucket_of.tolist())
+        return sorted({(self.padded_rows_per_bucket[b], self.padded_lengths[b]) for b in used},
+                      key=lambda shape: shape[1])
 
     def _make_batch(self, bucket, members):
-        rows, length = self.padded_rows_per_bucket[bucket], self.buckets[bucket]
+        rows, length = self.padded_rows_per_bucket[bucket], self.padded_lengths[bucket]
         token_ids = np.full((rows, length), PADDING_ID, dtype=np.int32)
         lengths = np.ones(rows, dtype=np.int32)
         labels = np.zeros(rows, dtype=np.int32)
@@ -164,8 +172,9 @@ def stream_batches(sequences, batch_size, max_batch_tokens=None, min_bucket=32, 
     """Group sequences into fixed-shape padded batches as they arrive, for inputs too large to hold.
 
     A bucket's batch is yielded as soon as it is full, and the partly filled ones follow at the end,
-    so at most one batch per bucket is held at a time. The bucket lengths and rows are those of
-    `BucketedBatcher` with the same settings. Labels are left 0, because scoring does not read them.
+    so at most one batch per bucket is held at a time. The bucket lengths, padded lengths and rows
+    are those of `BucketedBatcher` with the same settings. Labels are left 0, because scoring does not
+    read them.
 
     Args:
       sequences: an iterable of (index, token_ids) pairs, token_ids <int32>[length] with length at
@@ -187,9 +196,11 @@ def stream_batches(sequences, batch_size, max_batch_tokens=None, min_bucket=32, 
         bucket = int(np.searchsorted(bucket_lengths, length, side="left"))
 
         if bucket not in open_batches:
-            bucket_length = bucket_lengths[bucket]
-            rows = rows_for_bucket(bucket_length, batch_size, max_batch_tokens)
-            open_batches[bucket] = (_empty_batch(round_up_rows(rows, row_multiple), bucket_length), rows)
+            padded_length = bucket_lengths[bucket]
+            if bucket % 2:
+                padded_length = _next_bucket_length(padded_length, growth)
+            rows = rows_for_bucket(padded_length, batch_size, max_batch_tokens)
+            open_batches[bucket] = (_empty_batch(round_up_rows(rows, row_multiple), padded_length), rows)
             filled[bucket] = 0
         batch, rows = open_batches[bucket]
         row = filled[bucket]

@@ -1,0 +1,57 @@
+"""Length-bucketed batches: shapes, padding and the order of a pass."""
+
+import numpy as np
+import pytest
+
+from gru_jax.batching import BucketedBatcher
+
+
+def make_batcher(batch_size=8, max_batch_tokens=None):
+    rng = np.random.default_rng(0)
+    # A long tail like the review archives': most sequences short, a few very long.
+    lengths = np.concatenate([rng.integers(1, 200, 300), rng.integers(200, 3000, 20)])
+    token_ids = [np.arange(1, length + 1, dtype=np.int32) for length in lengths]
+    labels = rng.integers(0, 2, len(lengths))
+    return BucketedBatcher(token_ids, labels, batch_size, max_batch_tokens), lengths
+
+
+def test_buckets_share_padded_lengths():
+    batcher, _ = make_batcher()
+
+    assert batcher.buckets == (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    assert batcher.padded_lengths == [32, 128, 128, 512, 512, 2048, 2048, 8192]
+    assert [length for _, length in batcher.shapes] == [32, 128, 512, 2048, 8192]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_sequence_in_exactly_one_batch(shuffle):
+    batcher, lengths = make_batcher()
+    rng = np.random.default_rng(1) if shuffle else None
+
+    batches = list(batcher.batches(rng))
+
+    indices = np.concatenate([batch.indices[batch.indices >= 0] for batch in batches])
+    assert sorted(indices.tolist()) == list(range(len(lengths)))
+    assert len(batches) == len(batcher)
+    for batch in batches:
+        real = batch.weights > 0
+        np.testing.assert_array_equal(batch.lengths[real], lengths[batch.indices[real]])
+        assert batch.token_ids.shape in batcher.shapes
+
+
+def test_batch_holds_one_bucket():
+    batcher, _ = make_batcher()
+
+    for batch in batcher.batches(np.random.default_rng(2)):
+        real = batch.lengths[batch.weights > 0]
+        assert len(set(np.searchsorted(batcher.buckets, real).tolist())) == 1
+
+
+def test_max_batch_tokens_limits_padded_rows():
+    batcher, _ = make_batcher(max_batch_tokens=4096)
+
+    shapes = {batch.token_ids.shape for batch in batcher.batches(np.random.default_rng(0))}
+
+    assert (2, 2048) in shapes
+    for rows, length in shapes:
+        assert rows * length <= 4096 or rows == 1
