@@ -48,6 +48,19 @@ def score_batches(predict, params, table, batches, parallel=None):
         yield _real_rows(parallel, *pending)
 
 
+def scoring_table(predict, params, table, num_words):
+    """Return the predict function and table with which to score `num_words` words.
+
+    A `training.Predictor` can apply the first layer's input weights to each table row once
+    (`project_table`) and then look the projected rows up per word, which gives the same scores up to
+    float32 rounding. That saves work when the table has fewer rows than there are words to score;
+    otherwise, or for a plain predict function, `predict` and `table` come back unchanged.
+    """
+    if num_words <= len(table) or not hasattr(predict, "project_table"):
+        return predict, table
+    return predict.predict_projected, predict.project_table(params, table)
+
+
 def _real_rows(parallel, indices, log_probs):
     real = indices >= 0
     return indices[real], parallel.fetch(log_probs)[real]
@@ -127,8 +140,10 @@ def evaluate_archives(trained, paths, batch_size, parallel=None, on_scored=None,
         sequences = encode_stream(vocabulary, archive.reviews, config.get("max_length"), counts)
         batches = stream_batches(sequences, batch_size, config.get("max_batch_tokens"), config.get("min_bucket", 32),
                                  config.get("bucket_growth", 2.0), parallel.num_devices)
+        predict, scored_table = scoring_table(trained.predict, params, table,
+                                              sum(len(review) for review in archive.reviews))
         scored = []
-        for indices, log_probs in score_batches(trained.predict, params, table, batches, parallel):
+        for indices, log_probs in score_batches(predict, params, scored_table, batches, parallel):
             accumulator.update(archive.labels[indices], log_probs.argmax(axis=1), archive.categories[indices],
                                archive.category_names)
             if on_scored is not None:
