@@ -30,7 +30,8 @@ def build_model(cell, hidden_size, num_layers, unroll=1, num_classes=2):
 def init_params(model, input_size, seed):
     """Initialize parameters from `seed` (PyTorch's initialization, see `gru_jax.cells`)."""
     inputs = jnp.zeros((1, 1, input_size), jnp.float32)
-    return model.init(jax.random.key(seed), inputs, jnp.ones((1,), jnp.int32))
+    # One compiled program instead of one per initializer call.
+    return jax.jit(model.init)(jax.random.key(seed), inputs, jnp.ones((1,), jnp.int32))
 
 
 def make_optimizer(learning_rate, momentum, clip_norm=None, lr_schedule="constant", total_steps=None):
@@ -264,7 +265,7 @@ class Trainer:
 
     def initial_state(self):
         params = init_params(self.model, self.data.input_size, self.config.seed)
-        return params, self.optimizer.init(params), Progress()
+        return params, jax.jit(self.optimizer.init)(params), Progress()
 
     def restore_state(self):
         """Restore params, optimizer state and progress from the latest checkpoint."""
