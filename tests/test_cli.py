@@ -62,3 +62,21 @@ def test_config_file_and_flag_override(tmp_path):
     assert config["cell"] == "gru"
     assert config["batch_size"] == 8
     assert config["hidden_size"] == 7
+
+
+def test_rerun_compiles_nothing(tmp_path):
+    """The second identical run finds every program in the persistent compilation cache."""
+    cache = tmp_path / "compiled"
+    args = ["--cell", "gru", "--train-data", str(TRAIN_3), "--test-data", str(TEST_3), "--epochs", "1",
+            "--batch-size", "4", "--compilation-cache", str(cache)]
+
+    first = run_module("gru_jax.train", *args, "--output-dir", str(tmp_path / "first"), cwd=tmp_path,
+                       cache_dir=tmp_path / "cache")
+    assert first.returncode == 0, first.stderr
+    entries = sorted(path.name for path in cache.iterdir())
+    second = run_module("gru_jax.train", *args, "--output-dir", str(tmp_path / "second"), cwd=tmp_path,
+                        cache_dir=tmp_path / "cache")
+    assert second.returncode == 0, second.stderr
+
+    assert len(entries) > 0
+    assert sorted(path.name for path in cache.iterdir()) == entries

@@ -28,8 +28,15 @@ def setup_logging(verbose=False):
 
 
 def add_common_flags(parser):
+    from gru_jax.compilation_cache import default_compilation_cache_dir
+
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--compilation-cache", default=default_compilation_cache_dir(), metavar="DIR",
+                        help="directory of JAX's persistent compilation cache, so that a rerun on the same "
+                        "shapes compiles nothing (default %(default)s)")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="compile everything in this process and write nothing to the compilation cache")
     group = parser.add_argument_group("multi-process runs", "start the same command once per process; see "
                                       "docs/multi_device.md")
     group.add_argument("--distributed", action="store_true",
@@ -65,7 +72,11 @@ def run_main(function, args):
     setup_logging(getattr(args, "verbose", False))
     import jax
 
+    from gru_jax.compilation_cache import enable_compilation_cache
     from gru_jax.training import Interrupted
+
+    if not getattr(args, "no_compilation_cache", True):
+        enable_compilation_cache(args.compilation_cache)
 
     # Outside the training loop, SIGTERM stops the command as Ctrl-C does; the loop itself defers both
     # signals until it has saved a checkpoint.
