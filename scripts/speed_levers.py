@@ -257,6 +257,7 @@ def main(argv=None):
         bucket_arrays.append((batch.token_ids[:, :length], batch.lengths, batch.labels, batch.weights))
 
     results = {"size": args.size, "threads": args.threads, "host_seconds_per_epoch": host_seconds,
+               "load_average_before": list(os.getloadavg()),
                "batches": len(batches), "cells": {}, "gemm_gflops": gemm_rates(),
                "multiply_adds_per_token": {cell: {"training": multiply_adds_per_token(cell, True),
                                                   "evaluation": multiply_adds_per_token(cell, False)}
@@ -337,6 +338,7 @@ def main(argv=None):
         anatomy = {str(batch_size): step_anatomy(cell, batch_size) for batch_size in (32, 256)}
         results["cells"][cell] = {"training": training, "evaluation": evaluation, "step_anatomy_us": anatomy}
 
+    results["load_average_after"] = list(os.getloadavg())
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -346,7 +348,8 @@ def main(argv=None):
 
 def format_table(results):
     lines = [f"Archive {results['size']}, {results['threads']} thread(s); tokens/s are real (unpadded) tokens, "
-             "medians of the timed epochs."]
+             f"medians of the timed epochs. Load average {results['load_average_before'][0]:.1f} before, "
+             f"{results['load_average_after'][0]:.1f} after."]
     for cell, measured in results["cells"].items():
         reference = measured["training"]["chunked"]["tokens_per_second"]
         lines += ["", f"{cell} training{'':<22} {'tokens/s':>9} {'vs chunked':>10} {'first epoch s':>13}"]
