@@ -45,7 +45,7 @@ class Batch:
 
 def bucket_lengths_for(max_length, min_bucket=32, growth=2.0):
     """Return the padded lengths: min_bucket, then each times `growth` (rounded up to a multiple of 8),
-    up to the first one that holds `max_length`."""
+    up to the first one that fits `max_length`."""
     buckets = [int(min_bucket)]
     while buckets[-1] < max_length:
         buckets.append(_next_bucket_length(buckets[-1], growth))

@@ -198,7 +198,7 @@ def deferred_signals():
 
 @dataclasses.dataclass
 class Progress:
-    """Where training stands; stored in every checkpoint's metadata."""
+    """Training progress, stored in every checkpoint's metadata."""
 
     epoch: int = 0  # The epoch in progress (0-based).
     batch_in_epoch: int = 0  # Batches of that epoch already applied.
