@@ -25,6 +25,7 @@ class SentimentClassifier(nn.Module):
       num_classes: number of output classes.
       unroll: time steps per iteration of the compiled loop.
       chunk_length: time steps per chunk of the recurrent layers' loops, see `gru_jax.rnn`.
+      loop: 'chunked' (default) or 'scan' (Flax's `nn.scan`), see `gru_jax.rnn.RecurrentLayer`.
     """
 
     cell: str
@@ -33,6 +34,7 @@ class SentimentClassifier(nn.Module):
     num_classes: int = 2
     unroll: int = 1
     chunk_length: int = DEFAULT_CHUNK_LENGTH
+    loop: str = "chunked"
 
     @nn.compact
     def __call__(self, inputs, lengths, inputs_are_projected=False):
@@ -50,7 +52,7 @@ class SentimentClassifier(nn.Module):
         """
         mask = sequence_mask(lengths, inputs.shape[1])
         stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.unroll, self.chunk_length,
-                               name="rnn")
+                               self.loop, name="rnn")
         final_carry, _ = stack(jnp.swapaxes(inputs, 0, 1), mask.T, inputs_are_projected=inputs_are_projected)
         features = nn.relu(final_carry[-1])
         # PyTorch's nn.Linear initialization, as in the reference model.

@@ -35,6 +35,8 @@ class TrainConfig:
     num_layers: int | None = None  # None: DLStudio's choice, 2 for gru and 1 for pmgru.
     hidden_size: int = 100
     unroll: int = 1  # Time steps per iteration of the compiled scan loop.
+    # "chunked": chunked loops with a hand-written gradient; "scan": Flax's nn.scan (same values, slower).
+    recurrent_loop: str = "chunked"
 
     # Data.
     train_data: str = str(DEFAULT_TRAIN_DATA)
@@ -167,6 +169,8 @@ def validate(config):
         raise ConfigError(f"momentum = {config.momentum} is invalid: it must be in [0, 1), e.g. 0.9.")
     if config.clip_norm is not None and not config.clip_norm > 0:
         raise ConfigError(f"clip-norm = {config.clip_norm} is invalid: it must be above 0, or unset to disable clipping.")
+    if config.recurrent_loop not in ("chunked", "scan"):
+        raise ConfigError(f"recurrent-loop = '{config.recurrent_loop}' is invalid. Use chunked or scan.")
     if config.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"lr-schedule = '{config.lr_schedule}' is invalid. Use constant or cosine.")
     if not 1 < config.bucket_growth < math.inf:

@@ -49,7 +49,8 @@ def load_trained_model(path):
     try:
         settings = metadata["model"]
         model = build_model(settings["cell"], settings["hidden_size"], settings["num_layers"],
-                            metadata.get("config", {}).get("unroll", 1), settings.get("num_classes", 2))
+                            metadata.get("config", {}).get("unroll", 1), settings.get("num_classes", 2),
+                            loop=metadata.get("config", {}).get("recurrent_loop", "chunked"))
         vocabulary = Vocabulary(metadata["vocabulary"])
         params = restored["state"]["params"]
     except (KeyError, TypeError, ValueError) as error:

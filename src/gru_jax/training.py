@@ -22,9 +22,9 @@ from gru_jax.scoring import score_batches, scoring_table
 logger = logging.getLogger(__name__)
 
 
-def build_model(cell, hidden_size, num_layers, unroll=1, num_classes=2):
+def build_model(cell, hidden_size, num_layers, unroll=1, num_classes=2, loop="chunked"):
     return SentimentClassifier(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
-                               num_classes=num_classes, unroll=unroll)
+                               num_classes=num_classes, unroll=unroll, loop=loop)
 
 
 def init_params(model, input_size, seed):
@@ -245,7 +245,8 @@ class Trainer:
         self.model_metadata = model_metadata
         self.progress_bar = progress_bar
         self.parallel = parallel or DataParallel()
-        self.model = build_model(config.cell, config.hidden_size, config.resolved_num_layers(), config.unroll)
+        self.model = build_model(config.cell, config.hidden_size, config.resolved_num_layers(), config.unroll,
+                                 loop=config.recurrent_loop)
         self.table = self.parallel.replicate(data.table)
         encoded = data.train_encoded
         labels = data.train.labels[encoded.review_indices]
