@@ -80,7 +80,7 @@ def test_torch_model_scores_same_in_gru_jax(tmp_path, word2vec_cache, cell):
     np.testing.assert_array_equal(indices, data.test_encoded.review_indices)
     np.testing.assert_allclose(log_probs, expected, rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(predictions, expected.argmax(axis=1))
-    # Reviews must get different scores, or equal predictions would say little.
+    # Reviews must get different scores, or equal predictions would show little.
     assert np.ptp(expected[:, 1]) > 1e-4
 
 

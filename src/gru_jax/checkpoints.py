@@ -5,7 +5,7 @@ temporary directory (`<step>.orbax-checkpoint-tmp-<timestamp>`) and renames it w
 process killed mid-save leaves the earlier checkpoints intact, and the temporary directory is never
 listed as a step. A store opened for writing deletes such leftovers.
 
-Each step directory holds three items:
+Each step directory contains three items:
   state       params, optimizer state and step (orbax StandardSave)
   embeddings  the embedding table, <float32>[vocabulary size, input size]
   metadata    JSON: model settings, vocabulary words, training progress and the run's config

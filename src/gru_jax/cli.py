@@ -1,4 +1,4 @@
-"""What every command-line entry point shares: logging setup and turning errors into exit codes."""
+"""Shared pieces of the command-line entry points: logging setup and the mapping of errors to exit codes."""
 
 import logging
 import os

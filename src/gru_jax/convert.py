@@ -5,7 +5,7 @@
 
 `from-torch` reads a state dict saved with `torch.save(model.state_dict(), path)` (DLStudio's GRU
 classifier layout, or a pmGRU classifier with `project1`, `project2` and `fc`) and writes a gru_jax
-checkpoint that `gru_jax.evaluate` accepts. A state dict holds no vocabulary, so the embedding table is
+checkpoint that `gru_jax.evaluate` accepts. A state dict contains no vocabulary, so the embedding table is
 built from the data and word vectors exactly as training builds it: pass the same archives and
 `--embeddings` the PyTorch model was trained with. `to-torch` writes a state dict that loads into the
 PyTorch modules with `strict=True`. Both directions need PyTorch installed.
@@ -75,7 +75,7 @@ def load_torch_state_dict(path):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
     if not isinstance(loaded, dict) or not all(hasattr(value, "shape") for value in loaded.values()):
-        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, expected a state dict of tensors.")
+        raise CheckpointError(f"{path}: contains a {type(loaded).__name__}, expected a state dict of tensors.")
     return loaded
 
 
@@ -102,7 +102,7 @@ def convert_from_torch(args):
     output_dir = Path(args.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     if checkpoint_dir.exists() and not args.overwrite:
-        raise ConfigError(f"{output_dir}: already holds checkpoints. Pass --overwrite to replace them, or another --output-dir.")
+        raise ConfigError(f"{output_dir}: already contains checkpoints. Pass --overwrite to replace them, or another --output-dir.")
     overrides = {"cell": args.cell, "num_layers": num_layers, "hidden_size": hidden_size, "epochs": 1,
                  "train_data": args.train_data, "test_data": args.test_data, "embeddings": args.embeddings,
                  "cache_dir": args.cache_dir, "output_dir": str(output_dir)}

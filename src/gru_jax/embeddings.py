@@ -302,7 +302,7 @@ def build_table(vocabulary, vectors, source="embeddings"):
       <float32>[len(vocabulary), vectors.vector_size].
 
     Raises:
-      EmbeddingsError: the vocabulary is empty or a vector holds NaN or infinity.
+      EmbeddingsError: the vocabulary is empty or a vector contains NaN or infinity.
     """
     if len(vocabulary.words) == 0:
         raise EmbeddingsError(

@@ -36,7 +36,7 @@ class TrainedModel:
     predict: object
 
     def training_archive_stub(self):
-        """An empty archive with the training categories, to compare category names."""
+        """Build an empty archive with the training categories, to compare category names."""
         config = self.metadata["config"]
         return SentimentArchive(Path(config["train_data"]), [], None, None, tuple(self.metadata["category_names"]))
 
