@@ -217,7 +217,7 @@ def make_step(model, optimizer, donate=True):
     from gru_jax.training import nll_loss
 
     def loss_fn(params, table, token_ids, lengths, labels, weights):
-        return nll_loss(model.apply(params, embed(table, token_ids), lengths), labels, weights)
+        return nll_loss(model.apply(params, embed(table, token_ids.T), lengths, time_major=True), labels, weights)
 
     def train_step(params, opt_state, table, arrays):
         loss, grads = jax.value_and_grad(loss_fn)(params, table, *arrays)

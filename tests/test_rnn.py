@@ -110,3 +110,18 @@ def test_projected_table_gives_same_log_probs(cell, num_layers):
     from_projected = model.apply(params, projected[token_ids], lengths, inputs_are_projected=True)
 
     np.testing.assert_allclose(from_projected, direct, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cell,num_layers", [("gru", 2), ("pmgru", 1)])
+def test_time_major_inputs_give_same_log_probs(cell, num_layers):
+    table = jax.random.normal(jax.random.key(8), (30, 7))
+    token_ids = jax.random.randint(jax.random.key(9), (4, 12), 1, 30)
+    lengths = jnp.array([12, 3, 1, 7])
+    model = SentimentClassifier(cell, hidden_size=5, num_layers=num_layers)
+    params = model.init(jax.random.key(0), table[token_ids], lengths)
+
+    batch_major = model.apply(params, table[token_ids], lengths)
+    time_major = model.apply(params, table[token_ids.T], lengths, time_major=True)
+
+    # The same arithmetic on the same numbers: only the layout of the inputs differs.
+    np.testing.assert_array_equal(time_major, batch_major)

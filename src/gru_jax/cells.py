@@ -55,6 +55,7 @@ class GRUCell(nn.Module):
 
     input_size: int
     hidden_size: int
+    num_gates = 3
 
     def setup(self):
         init = uniform_init(1.0 / math.sqrt(self.hidden_size))
@@ -105,14 +106,16 @@ class GRUCell(nn.Module):
 
         Args:
           carry: <float32>[batch, hidden_size].
-          projected: <float32>[batch, 3 * hidden_size].
+          projected: <float32>[batch, 3 * hidden_size], or its gate blocks r, z, n as a tuple of three
+            <float32>[batch, hidden_size]. The layer's loop passes the blocks: slicing them out of one
+            array inside the loop kept XLA's CPU code from vectorizing the gate arithmetic.
 
         Returns:
           (next carry <float32>[batch, hidden_size], saved: the gates r, z, n and W_hn h + b_hn, each
           <float32>[batch, hidden_size]).
         """
         hidden = carry @ params["hidden_kernel"] + params["hidden_bias"]
-        input_r, input_z, input_n = jnp.split(projected, 3, axis=-1)
+        input_r, input_z, input_n = gate_blocks(projected, 3)
         hidden_r, hidden_z, hidden_n = jnp.split(hidden, 3, axis=-1)
         reset = jax.nn.sigmoid(input_r + hidden_r)
         update = jax.nn.sigmoid(input_z + hidden_z)
@@ -120,17 +123,28 @@ class GRUCell(nn.Module):
         return (1.0 - update) * candidate + update * carry, (reset, update, candidate, hidden_n)
 
     @staticmethod
-    def step_backward(params, carry, saved, d_next_carry):
+    def transposed_kernels(params):
+        """Return the transposed hidden kernel that `step_backward` multiplies by.
+
+        A layer computes it once, outside its time loop: transposing inside the loop copied the kernel
+        at every step.
+        """
+        return {"hidden_kernel": params["hidden_kernel"].T}
+
+    @staticmethod
+    def step_backward(transposed, carry, saved, d_next_carry):
         """Differentiate `step`.
 
         Args:
+          transposed: what `transposed_kernels` returned.
           carry: <float32>[batch, hidden_size], the carry the step started from.
           saved: what `step` returned for that step.
           d_next_carry: <float32>[batch, hidden_size], the cotangent of the carry it returned.
 
         Returns:
           d_carry: <float32>[batch, hidden_size].
-          d_projected: <float32>[batch, 3 * hidden_size].
+          d_projected: the cotangents of the gate blocks r, z, n of the projected inputs, each
+            <float32>[batch, hidden_size].
           d_hidden: <float32>[batch, 3 * hidden_size], the cotangent of carry @ hidden_kernel + hidden_bias.
         """
         reset, update, candidate, hidden_n = saved
@@ -140,10 +154,9 @@ class GRUCell(nn.Module):
         d_reset = d_candidate_sum * hidden_n
         d_reset_sum = d_reset * reset * (1.0 - reset)
         d_update_sum = d_update * update * (1.0 - update)
-        d_projected = jnp.concatenate([d_reset_sum, d_update_sum, d_candidate_sum], axis=-1)
         d_hidden = jnp.concatenate([d_reset_sum, d_update_sum, d_candidate_sum * reset], axis=-1)
-        d_carry = d_next_carry * update + d_hidden @ params["hidden_kernel"].T
-        return d_carry, d_projected, d_hidden
+        d_carry = d_next_carry * update + d_hidden @ transposed["hidden_kernel"]
+        return d_carry, (d_reset_sum, d_update_sum, d_candidate_sum), d_hidden
 
     @staticmethod
     def hidden_gradients(carries, saved, d_hidden):
@@ -183,6 +196,7 @@ class PmGRUCell(nn.Module):
 
     input_size: int
     hidden_size: int
+    num_gates = 2
 
     def setup(self):
         init = uniform_init(1.0 / math.sqrt(self.input_size + self.hidden_size))
@@ -225,36 +239,42 @@ class PmGRUCell(nn.Module):
 
         Args:
           carry: <float32>[batch, hidden_size].
-          projected: <float32>[batch, 2 * hidden_size].
+          projected: <float32>[batch, 2 * hidden_size], or its gate blocks f, n as a tuple; see
+            `GRUCell.step`.
 
         Returns:
           (next carry <float32>[batch, hidden_size], saved: the gate f and the candidate n, each
           <float32>[batch, hidden_size]).
         """
-        input_f, input_n = jnp.split(projected, 2, axis=-1)
+        input_f, input_n = gate_blocks(projected, 2)
         forget = jax.nn.sigmoid(input_f + carry @ params["forget_hidden_kernel"])
         candidate = jnp.tanh(input_n + (forget * carry) @ params["candidate_hidden_kernel"])
         return (1.0 - forget) * carry + forget * candidate, (forget, candidate)
 
     @staticmethod
-    def step_backward(params, carry, saved, d_next_carry):
-        """Differentiate `step`.
+    def transposed_kernels(params):
+        """Return the transposed hidden kernels that `step_backward` multiplies by; see `GRUCell`."""
+        return {name: params[name].T for name in ("forget_hidden_kernel", "candidate_hidden_kernel")}
+
+    @staticmethod
+    def step_backward(transposed, carry, saved, d_next_carry):
+        """Differentiate `step`; `transposed` is what `transposed_kernels` returned.
 
         Returns:
           d_carry: <float32>[batch, hidden_size].
-          d_projected: <float32>[batch, 2 * hidden_size].
+          d_projected: the cotangents of the gate blocks f and n of the projected inputs, each
+            <float32>[batch, hidden_size].
           d_hidden: (cotangent of carry @ W_f's hidden columns, cotangent of (f * h) @ W_n's hidden
           columns), each <float32>[batch, hidden_size].
         """
         forget, candidate = saved
         d_candidate_sum = d_next_carry * forget * (1.0 - candidate * candidate)
-        d_gated_carry = d_candidate_sum @ params["candidate_hidden_kernel"].T
+        d_gated_carry = d_candidate_sum @ transposed["candidate_hidden_kernel"]
         d_forget = d_next_carry * (candidate - carry) + d_gated_carry * carry
         d_forget_sum = d_forget * forget * (1.0 - forget)
         d_carry = (d_next_carry * (1.0 - forget) + d_gated_carry * forget
-                   + d_forget_sum @ params["forget_hidden_kernel"].T)
-        d_projected = jnp.concatenate([d_forget_sum, d_candidate_sum], axis=-1)
-        return d_carry, d_projected, (d_forget_sum, d_candidate_sum)
+                   + d_forget_sum @ transposed["forget_hidden_kernel"])
+        return d_carry, (d_forget_sum, d_candidate_sum), (d_forget_sum, d_candidate_sum)
 
     @staticmethod
     def hidden_gradients(carries, saved, d_hidden):
@@ -263,6 +283,13 @@ class PmGRUCell(nn.Module):
         d_forget_sum, d_candidate_sum = d_hidden
         return {"forget_hidden_kernel": _sum_of_outer_products(carries, d_forget_sum),
                 "candidate_hidden_kernel": _sum_of_outer_products(forget * carries, d_candidate_sum)}
+
+
+def gate_blocks(projected, count):
+    """Return the `count` gate blocks of projected inputs, given whole or already split."""
+    if isinstance(projected, (tuple, list)):
+        return tuple(projected)
+    return tuple(jnp.split(projected, count, axis=-1))
 
 
 def _sum_of_outer_products(left, right):

@@ -37,7 +37,7 @@ class SentimentClassifier(nn.Module):
     loop: str = "chunked"
 
     @nn.compact
-    def __call__(self, inputs, lengths, inputs_are_projected=False):
+    def __call__(self, inputs, lengths, inputs_are_projected=False, time_major=False):
         """Classify a padded batch.
 
         Args:
@@ -46,14 +46,18 @@ class SentimentClassifier(nn.Module):
             gates * hidden_size].
           lengths: <int32>[batch], the number of real steps of each sequence, at least 1.
           inputs_are_projected: whether `inputs` already went through the first layer's input weights.
+          time_major: `inputs` are <float32>[time, batch, ...] instead. The recurrent layers work time
+            major, so looking the word vectors up as `embed(table, token_ids.T)` saves a transpose.
 
         Returns:
           <float32>[batch, num_classes] log-probabilities.
         """
-        mask = sequence_mask(lengths, inputs.shape[1])
+        if not time_major:
+            inputs = jnp.swapaxes(inputs, 0, 1)
+        mask = sequence_mask(lengths, inputs.shape[0])
         stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.unroll, self.chunk_length,
                                self.loop, name="rnn")
-        final_carry, _ = stack(jnp.swapaxes(inputs, 0, 1), mask.T, inputs_are_projected=inputs_are_projected)
+        final_carry, _ = stack(inputs, mask.T, inputs_are_projected=inputs_are_projected)
         features = nn.relu(final_carry[-1])
         # PyTorch's nn.Linear initialization, as in the reference model.
         init = uniform_init(1.0 / math.sqrt(self.hidden_size))
@@ -63,7 +67,7 @@ class SentimentClassifier(nn.Module):
 
 def embed(table, token_ids):
     """Look up word vectors: table <float32>[vocab, dim], token_ids <int32>[...] -> <float32>[..., dim]."""
-    return jnp.take(table, token_ids, axis=0)
+    return jnp.take(table, token_ids, axis=0, mode="clip")
 
 
 def project_table(params, cell, table):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from gru_jax.cells import CELLS
+from gru_jax.cells import CELLS, gate_blocks
 
 DEFAULT_CHUNK_LENGTH = 16
 
@@ -53,6 +53,7 @@ def _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, in
         carry, outputs, residuals = state
         chunk_inputs = _chunk(inputs, index, chunk_length)
         projected = chunk_inputs if inputs_are_projected else cell.project(params, chunk_inputs)
+        projected = gate_blocks(projected, cell.num_gates)
 
         def step(carry, step_inputs):
             projected_step, keep = step_inputs
@@ -86,6 +87,7 @@ def _backward(cell, params, inputs, mask, residuals, d_final_carry, d_outputs, c
               inputs_are_projected, input_gradients):
     """Return the gradients of the params, the cotangent of the inputs (or None) and of the initial carry."""
     num_chunks = _num_chunks(mask, chunk_length)
+    transposed = cell.transposed_kernels(params)
 
     def chunk_body(reverse_index, state):
         d_carry, gradients, d_inputs = state
@@ -98,12 +100,13 @@ def _backward(cell, params, inputs, mask, residuals, d_final_carry, d_outputs, c
             keep = keep[:, None]
             d_updated = d_carry if d_output is None else d_carry + d_output
             d_updated = jnp.where(keep, d_updated, 0.0)
-            d_previous, d_projected, d_hidden = cell.step_backward(params, carry, saved_step, d_updated)
+            d_previous, d_projected, d_hidden = cell.step_backward(transposed, carry, saved_step, d_updated)
             return jnp.where(keep, d_previous, d_carry), (d_projected, d_hidden)
 
         d_carry, (d_projected, d_hidden) = lax.scan(
             step, d_carry, (carries, saved, _chunk(mask, index, chunk_length), chunk_d_outputs),
             reverse=True, unroll=unroll)
+        d_projected = jnp.concatenate(d_projected, axis=-1)
 
         chunk_gradients = cell.hidden_gradients(carries, saved, d_hidden)
         if inputs_are_projected:
@@ -235,6 +238,7 @@ class RecurrentLayer(nn.Module):
             projected = inputs if inputs_are_projected else cell.project_inputs(inputs)
             if initial_carry is None:
                 initial_carry = jnp.zeros((mask.shape[1], self.hidden_size), projected.dtype)
+            projected = gate_blocks(projected, cell_class.num_gates)
             scan = nn.scan(_masked_scan_step, variable_broadcast="params", split_rngs={"params": False},
                            in_axes=0, out_axes=0, unroll=self.unroll)
             return scan(cell, initial_carry, (projected, mask))

@@ -67,7 +67,7 @@ def make_train_step(model, optimizer):
     """
 
     def loss_fn(params, table, token_ids, lengths, labels, weights):
-        log_probs = model.apply(params, embed(table, token_ids), lengths)
+        log_probs = model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
         return nll_loss(log_probs, labels, weights)
 
     def train_step(params, opt_state, table, batch_arrays):
@@ -90,10 +90,11 @@ class Predictor:
         self.model = model
 
         def predict(params, table, token_ids, lengths):
-            return model.apply(params, embed(table, token_ids), lengths)
+            return model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
 
         def predict_projected(params, projected_table, token_ids, lengths):
-            return model.apply(params, embed(projected_table, token_ids), lengths, inputs_are_projected=True)
+            return model.apply(params, embed(projected_table, token_ids.T), lengths, inputs_are_projected=True,
+                               time_major=True)
 
         self._predict = jax.jit(predict)
         self.project_table = jax.jit(lambda params, table: project_table(params, model.cell, table))
