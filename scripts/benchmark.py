@@ -74,6 +74,9 @@ def build_parser():
                         help="word2vec cache; compilation caches go to fresh directories (default %(default)s)")
     parser.add_argument("--log-every", type=int, default=50, help="gru_jax reads losses back every this many steps (default 50)")
     parser.add_argument("--unroll", type=int, default=1, help="gru_jax's scan unroll (default 1)")
+    parser.add_argument("--sort-pool", type=int, default=None,
+                        help="gru_jax's training batches come from pools of this many batches sorted by length "
+                        "(default: gru_jax.train's default, 8)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
 
@@ -205,7 +208,8 @@ class GruJaxSession:
         self.predict = make_predict(self.model)
         self.table = jax.device_put(self.data.table)
         self.batcher = BucketedBatcher(self.train_ids, train_labels, spec["batch_size"], self.defaults.max_batch_tokens,
-                                       self.defaults.min_bucket, self.defaults.bucket_growth)
+                                       self.defaults.min_bucket, self.defaults.bucket_growth,
+                                       sort_pool=spec["sort_pool"])
         self.epoch = 0
 
     def warm_up_training(self):
@@ -273,8 +277,9 @@ class GruJaxSession:
         eval_batcher = BucketedBatcher(test.token_ids, np.zeros(len(test.token_ids), np.int32),
                                        self.spec["eval_batch_size"], self.defaults.max_batch_tokens)
         chunk = self.model.chunk_length
+        # The batches of the first training epoch; the loops run each to the chunk of its longest review.
         computed = sum(batch.token_ids.shape[0] * -(-int(batch.lengths.max()) // chunk) * chunk
-                       for batch in self.batcher.batches())
+                       for batch in self.batcher.batches(np.random.default_rng([0, 0])))
         return dict(jax_device_memory(), train_shapes=[list(shape) for shape in self.batcher.shapes],
                     eval_shapes=[list(shape) for shape in eval_batcher.shapes], train_computed_tokens=int(computed))
 
@@ -797,10 +802,14 @@ def machine_description(device):
 
 
 def measure(args, workdir):
+    from gru_jax.config import TrainConfig
+
     frameworks = args.frameworks.split(",")
+    sort_pool = args.sort_pool if args.sort_pool is not None else TrainConfig().sort_pool
     base = {"data": args.data, "word2vec_epochs": args.word2vec_epochs, "cache_dir": args.cache_dir,
             "epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
             "threads": args.threads, "log_every": args.log_every, "unroll": args.unroll,
+            "sort_pool": sort_pool,
             "dlstudio_reviews": args.dlstudio_reviews, "device": args.device}
     settings = dict(base, sizes=args.sizes, cells=args.cells, frameworks=frameworks, hidden_size=HIDDEN_SIZE,
                     num_layers=NUM_LAYERS, learning_rate=LEARNING_RATE, momentum=MOMENTUM,

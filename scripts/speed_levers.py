@@ -7,9 +7,16 @@ compiles it. The variants then take turns for --repeats epochs, and the table sh
 
 Training variants:
   scan, before       the recurrent layer as it was before the chunked loop: `flax.linen.scan` over
-                     every padded step of the bucket length, gradients by JAX's autodiff
+                     every padded step of the bucket length, gradients by JAX's autodiff, the gates
+                     sliced from one array at each step, random batches of a bucket
+  nn.scan layer      gru_jax's `--recurrent-loop scan`: `flax.linen.scan` over every padded step of the
+                     batch, with gate blocks, on the batches of `chunked`
   chunked            gru_jax now: chunks of 16 steps up to the batch's longest sequence, the
-                     hand-written backward pass (`gru_jax.rnn`)
+                     hand-written backward pass (`gru_jax.rnn`), batches cut from length-sorted pools
+                     of 8 batches (`sort_pool`)
+  random batches     the same on batches of random members of a bucket (sort pool 1)
+  gates sliced       the same with each step's gate inputs sliced from one projected array inside the
+                     loop, as before the gate blocks
   chunked, unroll U  the same with the scan inside a chunk unrolled U times
   chunked, chunk C   the same with chunks of C steps
   no donation        params and optimizer state not donated to the step
@@ -20,7 +27,8 @@ Evaluation variants:
   batch B            the projected table at B reviews per batch
 
 Step anatomy: the forward pass of one recurrent step (`cell.step`) in a compiled loop of 512 steps,
-against the step's recurrent matrix products alone in the same loop, at batch sizes 32 and 256; the
+at batch sizes 32 and 256. It is timed given one array per gate, as the layers give it, and given the
+gates in one array. The step's recurrent matrix products alone in the same loop are timed too, and the
 difference is the gate arithmetic (sigmoid, tanh, products) and the loop's own work.
 
 It also reports the host time to build one epoch's padded batches, and the rate of XLA's matrix
@@ -64,7 +72,7 @@ def scan_classifier(cell, hidden_size, num_layers):
     import jax
     import jax.numpy as jnp
 
-    from gru_jax.cells import CELLS
+    from gru_jax.cells import CELLS, gate_blocks
 
     def masked_step(cell_module, carry, step_inputs):
         projected, mask = step_inputs
@@ -164,7 +172,7 @@ def gemm_rates(repeats=20):
 
 
 def step_anatomy(cell, batch_size, steps=512, repeats=7):
-    """Return microseconds per step of the full forward step and of its recurrent products alone."""
+    """Return microseconds per step of the forward step, given gate blocks or one array, and of its recurrent products alone."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -192,13 +200,17 @@ def step_anatomy(cell, batch_size, steps=512, repeats=7):
 
     projected = random(steps, batch_size, params["input_kernel"].shape[1])
     carry = jnp.zeros((batch_size, hidden), jnp.float32)
+    step = CELLS[cell].step
     full = jax.jit(lambda projected: jax.lax.scan(
-        lambda carry, step_input: (CELLS[cell].step(params, carry, step_input)[0], None), carry, projected)[0])
+        lambda carry, step_input: (step(params, carry, step_input)[0], None), carry,
+        gate_blocks(projected, CELLS[cell].num_gates))[0])
+    sliced = jax.jit(lambda projected: jax.lax.scan(
+        lambda carry, step_input: (step(params, carry, step_input)[0], None), carry, projected)[0])
     # The products alone, on a carry that changes each step as in the real loop.
     alone = jax.jit(lambda projected: jax.lax.scan(
         lambda carry, step_input: (products(carry) * 0.5 + step_input[:, :hidden], None), carry, projected)[0])
     timings = {}
-    for name, function in (("full_step", full), ("products_alone", alone)):
+    for name, function in (("full_step", full), ("full_step_sliced", sliced), ("products_alone", alone)):
         jax.block_until_ready(function(projected))
         seconds = []
         for _ in range(repeats):
@@ -207,6 +219,25 @@ def step_anatomy(cell, batch_size, steps=512, repeats=7):
             seconds.append(time.perf_counter() - started)
         timings[name] = statistics.median(seconds) / steps * 1e6
     return timings
+
+
+def gates_sliced_in_loop(step):
+    """Wrap a jitted step so that it compiles with each step's gate inputs sliced inside the loop.
+
+    `gru_jax.rnn` splits a chunk's projected inputs into one array per gate before its loop. With the
+    split replaced by the identity, `cell.step` slices the gates from one array at every step.
+    """
+    import gru_jax.rnn
+
+    def run(*args):
+        split = gru_jax.rnn.gate_blocks
+        gru_jax.rnn.gate_blocks = lambda projected, count: projected
+        try:
+            return step(*args)
+        finally:
+            gru_jax.rnn.gate_blocks = split
+
+    return run
 
 
 def make_step(model, optimizer, donate=True):
@@ -236,6 +267,7 @@ def main(argv=None):
 
     from gru_jax.batching import BucketedBatcher
     from gru_jax.classifier import SentimentClassifier
+    from gru_jax.config import TrainConfig
     from gru_jax.training import batch_arrays, init_params, make_optimizer, make_predict, predict_log_probs
 
     spec = {"data": args.data, "size": args.size, "word2vec_epochs": 1, "cache_dir": args.cache_dir}
@@ -243,15 +275,18 @@ def main(argv=None):
     table = jax.device_put(data.table)
     real_tokens = sum(len(ids) for ids in train_ids)
     test_tokens = sum(len(ids) for ids in data.test_encoded.token_ids)
-    batcher = BucketedBatcher(train_ids, train_labels, 32, 65536)
+    batcher = BucketedBatcher(train_ids, train_labels, 32, 65536, sort_pool=TrainConfig().sort_pool)
+    random_batcher = BucketedBatcher(train_ids, train_labels, 32, 65536, sort_pool=1)
 
     started = time.perf_counter()
     batches = list(batcher.batches(np.random.default_rng(0)))
     host_seconds = time.perf_counter() - started
     new_arrays = [batch_arrays(batch) for batch in batches]
+    random_batches = list(random_batcher.batches(np.random.default_rng(0)))
+    random_arrays = [batch_arrays(batch) for batch in random_batches]
     # The layout before the chunked loop: each batch padded to its own bucket's length.
     bucket_arrays = []
-    for batch in batches:
+    for batch in random_batches:
         real = batch.lengths[batch.weights > 0]
         length = batcher.buckets[int(np.searchsorted(batcher.buckets, real.max()))]
         bucket_arrays.append((batch.token_ids[:, :length], batch.lengths, batch.labels, batch.weights))
@@ -266,12 +301,16 @@ def main(argv=None):
     for cell in args.cells.split(","):
         num_layers = NUM_LAYERS[cell]
 
-        def chunked(unroll=1, chunk_length=16):
-            return SentimentClassifier(cell, HIDDEN_SIZE, num_layers, unroll=unroll, chunk_length=chunk_length)
+        def chunked(unroll=1, chunk_length=16, loop="chunked"):
+            return SentimentClassifier(cell, HIDDEN_SIZE, num_layers, unroll=unroll, chunk_length=chunk_length,
+                                       loop=loop)
 
         variants = {
             "scan, before": (make_step(scan_classifier(cell, HIDDEN_SIZE, num_layers), optimizer), bucket_arrays, 50),
+            "nn.scan layer": (make_step(chunked(loop="scan"), optimizer), new_arrays, 50),
             "chunked": (make_step(chunked(), optimizer), new_arrays, 50),
+            "random batches": (make_step(chunked(), optimizer), random_arrays, 50),
+            "gates sliced": (gates_sliced_in_loop(make_step(chunked(), optimizer)), new_arrays, 50),
             "chunked, unroll 2": (make_step(chunked(unroll=2), optimizer), new_arrays, 50),
             "chunked, unroll 4": (make_step(chunked(unroll=4), optimizer), new_arrays, 50),
             "chunked, chunk 8": (make_step(chunked(chunk_length=8), optimizer), new_arrays, 50),
@@ -363,7 +402,8 @@ def format_table(results):
     lines += ["", "Forward step in a compiled loop (microseconds per step):"]
     for cell, measured in results["cells"].items():
         for batch_size, timing in measured["step_anatomy_us"].items():
-            lines.append(f"  {cell} batch {batch_size}: full step {timing['full_step']:.0f}, recurrent products alone "
+            lines.append(f"  {cell} batch {batch_size}: full step {timing['full_step']:.0f} (gates sliced from one "
+                         f"array: {timing['full_step_sliced']:.0f}), recurrent products alone "
                          f"{timing['products_alone']:.0f}")
     lines += ["", f"Host time to build one epoch's {results['batches']} padded batches: "
                   f"{results['host_seconds_per_epoch'] * 1e3:.0f} ms"]

@@ -411,6 +411,7 @@ BAD_OPTIONS = {
     "zero batch size": ({"batch_size": 0}, "batch-size = 0 is invalid"),
     "zero max length": ({"max_length": 0}, "max-length = 0 is invalid"),
     "negative checkpoint interval": ({"checkpoint_every": -1}, "checkpoint-every = -1 is invalid"),
+    "zero sort pool": ({"sort_pool": 0}, "sort-pool = 0 is invalid: it must be at least 1"),
     "zero learning rate": ({"learning_rate": 0.0}, "learning-rate = 0.0 is invalid: it must be finite and above 0"),
     "negative learning rate": ({"learning_rate": -0.1}, "learning-rate = -0.1 is invalid"),
     "nan learning rate": ({"learning_rate": float("nan")}, "learning-rate = nan is invalid"),

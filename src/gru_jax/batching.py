@@ -6,7 +6,11 @@ there is. Rows that only fill up a batch have weight 0 and are never counted in 
 
 Each bucket's batches are padded to the length of an even-numbered bucket (bucket k to bucket
 k + k % 2), which roughly halves the number of shapes. The recurrent layers stop after the longest
-sequence of a batch (see `gru_jax.rnn`), so this padding costs memory but little time.
+sequence of a batch (see `gru_jax.rnn`), so this padding costs memory but little time. What does cost
+time is the spread of lengths inside a batch, because every row runs as long as the batch's longest.
+For training, a bucket's shuffled sequences are therefore taken in pools of `sort_pool` batches, and
+each pool is sorted by length before it is cut into batches. A batch then contains sequences of
+similar length, and the pools, drawn anew each epoch, keep the batches changing.
 """
 
 import dataclasses
@@ -92,10 +96,12 @@ class BucketedBatcher:
       min_bucket, growth: the bucket lengths, see `bucket_lengths_for`.
       row_multiple: every batch's row count is rounded up to a multiple of this (the device count of
         data-parallel steps) with filler rows; the sequences per batch stay as without it.
+      sort_pool: when shuffling, batches are cut from pools of this many batches' worth of a bucket's
+        shuffled sequences, each pool sorted by length; 1 leaves each batch's sequences at random.
     """
 
     def __init__(self, token_ids, labels, batch_size, max_batch_tokens=None, min_bucket=32, growth=2.0,
-                 row_multiple=1):
+                 row_multiple=1, sort_pool=1):
         if len(token_ids) == 0:
             raise ValueError("no sequences to batch")
         self.token_ids = list(token_ids)
@@ -104,6 +110,9 @@ class BucketedBatcher:
         if self.lengths.min() < 1:
             raise ValueError("every sequence needs at least one token")
         self.batch_size = int(batch_size)
+        if int(sort_pool) < 1:
+            raise ValueError(f"sort_pool = {sort_pool} is invalid: it must be at least 1")
+        self.sort_pool = int(sort_pool)
         self.buckets = bucket_lengths_for(int(self.lengths.max()), min_bucket, growth)
         self.bucket_of = np.searchsorted(self.buckets, self.lengths, side="left")
         self.padded_lengths = [length if bucket % 2 == 0 else _next_bucket_length(length, growth)
@@ -145,16 +154,23 @@ class BucketedBatcher:
         plan = []
         for bucket in range(len(self.buckets)):
             members = np.flatnonzero(self.bucket_of == bucket)
-            if rng is not None:
-                members = rng.permutation(members)
-            else:
-                members = members[np.argsort(self.lengths[members], kind="stable")]
             rows = self.rows_per_bucket[bucket]
+            if rng is None:
+                members = members[np.argsort(self.lengths[members], kind="stable")]
+            else:
+                members = rng.permutation(members)
+                if self.sort_pool > 1:
+                    members = self._sort_pools(members, self.sort_pool * rows)
             plan.extend((bucket, members[start : start + rows]) for start in range(0, len(members), rows))
         if rng is not None:
             order = rng.permutation(len(plan))
             plan = [plan[i] for i in order]
         return plan
+
+    def _sort_pools(self, members, pool_size):
+        """Sort each run of `pool_size` members by length; pool_size is a multiple of the batch's rows."""
+        pools = np.split(members, range(pool_size, len(members), pool_size))
+        return np.concatenate([pool[np.argsort(self.lengths[pool], kind="stable")] for pool in pools])
 
     def batches(self, rng=None, start=0):
         """Yield the batches of one pass over the data.

@@ -66,6 +66,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     min_bucket: int = 32
     bucket_growth: float = 2.0
+    # Training batches are cut from pools of this many batches' worth of one bucket's shuffled reviews,
+    # each pool sorted by length, so that a batch's rows have similar lengths; 1 disables the sorting.
+    sort_pool: int = 8
 
     # Output.
     output_dir: str = "runs/{cell}"
@@ -152,7 +155,7 @@ def validate(config):
         raise ConfigError(f"cell '{config.cell}' is unknown. Use one of: {', '.join(CELLS)}.")
     positive_ints = ["hidden_size", "unroll", "epochs", "batch_size", "eval_batch_size", "max_batch_tokens",
                      "log_every", "word2vec_size", "word2vec_epochs", "word2vec_window", "word2vec_min_count",
-                     "min_bucket"]
+                     "min_bucket", "sort_pool"]
     for key in positive_ints:
         value = getattr(config, key)
         if value < 1:

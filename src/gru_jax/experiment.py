@@ -57,6 +57,8 @@ def check_output_dir(config, output_dir, resume, overwrite):
             f"{output_dir}: holds checkpoints without a readable config.json. Pass --overwrite to replace "
             "them or choose another --output-dir."
         )
+    # Runs from before the sort_pool setting existed cut batches as sort_pool = 1 does.
+    saved.setdefault("sort_pool", 1)
     differing = sorted(key for key in set(saved) | set(current)
                        if saved.get(key) != current.get(key) and key not in RESUMABLE_KEYS)
     if differing:

@@ -29,6 +29,8 @@ def add_config_flags(parser):
     parser.add_argument("--max-length", type=int, help="keep at most this many words of each review")
     parser.add_argument("--log-every", type=int, help="log the average loss every this many steps")
     parser.add_argument("--checkpoint-every", type=int, help="also save a checkpoint every this many steps")
+    parser.add_argument("--sort-pool", type=int, help="training batches are cut from pools of this many batches' "
+                        "worth of reviews sorted by length (default 8; 1 disables the sorting)")
     parser.add_argument("--unroll", type=int, help="time steps per iteration of the compiled scan loop")
     parser.add_argument("--recurrent-loop", choices=("chunked", "scan"),
                         help="chunked loops with a hand-written gradient (default, faster) or Flax's nn.scan")
@@ -57,7 +59,7 @@ def build_parser():
 SHARED_CONFIG_FLAGS = ("num_layers", "hidden_size", "train_data", "test_data", "embeddings",
                        "embeddings_unicode_errors", "cache_dir", "epochs", "batch_size", "learning_rate", "momentum",
                        "clip_norm", "lr_schedule", "word2vec_seed", "max_length", "log_every", "checkpoint_every",
-                       "unroll", "recurrent_loop")
+                       "sort_pool", "unroll", "recurrent_loop")
 CONFIG_FLAGS = ("cell", "seed", "output_dir") + SHARED_CONFIG_FLAGS
 
 

@@ -259,7 +259,7 @@ class Trainer:
             )
         self.batcher = BucketedBatcher(encoded.token_ids, labels, batch_size, config.max_batch_tokens,
                                        config.min_bucket, config.bucket_growth,
-                                       row_multiple=self.parallel.num_devices)
+                                       row_multiple=self.parallel.num_devices, sort_pool=config.sort_pool)
         self.optimizer = make_optimizer(config.resolved_learning_rate(), config.momentum, config.clip_norm,
                                         config.lr_schedule, total_steps=config.epochs * len(self.batcher))
         self.train_step = make_train_step(self.model, self.optimizer)
