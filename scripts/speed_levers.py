@@ -240,7 +240,7 @@ def gates_sliced_in_loop(step):
     return run
 
 
-def make_step(model, optimizer, donate=True):
+def make_step(model, optimizer, donate=True, time_major=True):
     import jax
     import optax
 
@@ -248,7 +248,11 @@ def make_step(model, optimizer, donate=True):
     from gru_jax.training import nll_loss
 
     def loss_fn(params, table, token_ids, lengths, labels, weights):
-        return nll_loss(model.apply(params, embed(table, token_ids.T), lengths, time_major=True), labels, weights)
+        if time_major:
+            log_probs = model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
+        else:
+            log_probs = model.apply(params, embed(table, token_ids), lengths)
+        return nll_loss(log_probs, labels, weights)
 
     def train_step(params, opt_state, table, arrays):
         loss, grads = jax.value_and_grad(loss_fn)(params, table, *arrays)
@@ -306,7 +310,8 @@ def main(argv=None):
                                        loop=loop)
 
         variants = {
-            "scan, before": (make_step(scan_classifier(cell, HIDDEN_SIZE, num_layers), optimizer), bucket_arrays, 50),
+            "scan, before": (make_step(scan_classifier(cell, HIDDEN_SIZE, num_layers), optimizer, time_major=False),
+                             bucket_arrays, 50),
             "nn.scan layer": (make_step(chunked(loop="scan"), optimizer), new_arrays, 50),
             "chunked": (make_step(chunked(), optimizer), new_arrays, 50),
             "random batches": (make_step(chunked(), optimizer), random_arrays, 50),

@@ -1,8 +1,8 @@
 """Length-bucketed, padded batches with a bounded set of shapes.
 
-Sequences are grouped by bucket: a batch contains sequences of one bucket, and every batch of a bucket
-has the same shape, so the jitted steps compile once per shape and never again, however much data
-there is. Rows that only fill up a batch have weight 0 and are never counted in losses or metrics.
+Sequences are grouped by length bucket, and every batch of a bucket has the same shape, so the jitted
+steps compile once per shape and never again, however much data there is. Rows that only fill up a
+batch have weight 0 and are never counted in losses or metrics.
 
 Each bucket's batches are padded to the length of an even-numbered bucket (bucket k to bucket
 k + k % 2), which roughly halves the number of shapes. The recurrent layers stop after the longest
@@ -11,6 +11,11 @@ time is the spread of lengths inside a batch, because every row runs as long as 
 For training, a bucket's shuffled sequences are therefore taken in pools of `sort_pool` batches, and
 each pool is sorted by length before it is cut into batches. A batch then contains sequences of
 similar length, and the pools, drawn anew each epoch, keep the batches changing.
+
+The sequences that do not fill a whole batch of their bucket are batched together, longest first. Such
+a batch takes the shape of its longest sequence's bucket and is filled up with the next shorter ones.
+Filler rows run as long as the batch's longest sequence, so one partly filled batch per bucket would
+compute many more padded steps.
 """
 
 import dataclasses
@@ -120,11 +125,13 @@ class BucketedBatcher:
         self.rows_per_bucket = [rows_for_bucket(length, self.batch_size, max_batch_tokens)
                                 for length in self.padded_lengths]
         self.padded_rows_per_bucket = [round_up_rows(rows, row_multiple) for rows in self.rows_per_bucket]
+        self._num_batches = None
 
     def __len__(self):
-        """Number of batches in one pass over the data."""
-        counts = np.bincount(self.bucket_of, minlength=len(self.buckets))
-        return int(sum(-(-count // rows) for count, rows in zip(counts, self.rows_per_bucket)))
+        """Number of batches in one pass over the data; the same for every order."""
+        if self._num_batches is None:
+            self._num_batches = len(self._plan(None))
+        return self._num_batches
 
     @property
     def shapes(self):
@@ -152,20 +159,42 @@ class BucketedBatcher:
     def _plan(self, rng):
         """List (bucket, member indices) for every batch of one pass; shuffled when rng is given."""
         plan = []
+        leftovers = []
         for bucket in range(len(self.buckets)):
             members = np.flatnonzero(self.bucket_of == bucket)
             rows = self.rows_per_bucket[bucket]
+            whole = len(members) - len(members) % rows
             if rng is None:
                 members = members[np.argsort(self.lengths[members], kind="stable")]
             else:
                 members = rng.permutation(members)
                 if self.sort_pool > 1:
-                    members = self._sort_pools(members, self.sort_pool * rows)
-            plan.extend((bucket, members[start : start + rows]) for start in range(0, len(members), rows))
+                    # The leftovers stay a random draw; only the whole batches come from sorted pools.
+                    members[:whole] = self._sort_pools(members[:whole], self.sort_pool * rows)
+            plan.extend((bucket, members[start : start + rows]) for start in range(0, whole, rows))
+            leftovers.append(members[whole:])
+        plan.extend(self._batch_leftovers(np.concatenate(leftovers)))
         if rng is not None:
             order = rng.permutation(len(plan))
             plan = [plan[i] for i in order]
         return plan
+
+    def _batch_leftovers(self, members):
+        """Batch the sequences that fill no whole batch of their bucket, longest bucket first.
+
+        Each batch takes the bucket and row count of its first, longest member, whose padded length
+        fits every later one. The number of batches depends only on how many sequences each bucket
+        leaves over, so it is the same in every epoch.
+        """
+        members = members[np.lexsort((-self.lengths[members], -self.bucket_of[members]))]
+        batches = []
+        start = 0
+        while start < len(members):
+            bucket = int(self.bucket_of[members[start]])
+            rows = self.rows_per_bucket[bucket]
+            batches.append((bucket, members[start : start + rows]))
+            start += rows
+        return batches
 
     def _sort_pools(self, members, pool_size):
         """Sort each run of `pool_size` members by length; pool_size is a multiple of the batch's rows."""
