@@ -240,7 +240,7 @@ def gates_sliced_in_loop(step):
     return run
 
 
-def make_step(model, optimizer, donate=True, time_major=True):
+def make_step(model, optimizer, donate=True, lookup_in_loop=True):
     import jax
     import optax
 
@@ -248,8 +248,8 @@ def make_step(model, optimizer, donate=True, time_major=True):
     from gru_jax.training import nll_loss
 
     def loss_fn(params, table, token_ids, lengths, labels, weights):
-        if time_major:
-            log_probs = model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
+        if lookup_in_loop:
+            log_probs = model.apply(params, table, lengths, token_ids=token_ids)
         else:
             log_probs = model.apply(params, embed(table, token_ids), lengths)
         return nll_loss(log_probs, labels, weights)
@@ -310,7 +310,7 @@ def main(argv=None):
                                        loop=loop)
 
         variants = {
-            "scan, before": (make_step(scan_classifier(cell, HIDDEN_SIZE, num_layers), optimizer, time_major=False),
+            "scan, before": (make_step(scan_classifier(cell, HIDDEN_SIZE, num_layers), optimizer, lookup_in_loop=False),
                              bucket_arrays, 50),
             "nn.scan layer": (make_step(chunked(loop="scan"), optimizer), new_arrays, 50),
             "chunked": (make_step(chunked(), optimizer), new_arrays, 50),

@@ -112,16 +112,42 @@ def test_projected_table_gives_same_log_probs(cell, num_layers):
     np.testing.assert_allclose(from_projected, direct, **TOLERANCE)
 
 
+@pytest.mark.parametrize("loop", ["chunked", "scan"])
 @pytest.mark.parametrize("cell,num_layers", [("gru", 2), ("pmgru", 1)])
-def test_time_major_inputs_give_same_log_probs(cell, num_layers):
+def test_lookup_in_loop_matches_lookup_before(cell, num_layers, loop):
     table = jax.random.normal(jax.random.key(8), (30, 7))
-    token_ids = jax.random.randint(jax.random.key(9), (4, 12), 1, 30)
+    token_ids = jax.random.randint(jax.random.key(9), (4, 21), 1, 30)
+    lengths = jnp.array([21, 3, 1, 7])
+    labels = jnp.array([1, 0, 0, 1])
+    model = SentimentClassifier(cell, hidden_size=5, num_layers=num_layers, chunk_length=4, loop=loop)
+    params = model.init(jax.random.key(0), table[token_ids], lengths)
+
+    def loss(params, table, lookup_in_loop):
+        if lookup_in_loop:
+            log_probs = model.apply(params, table, lengths, token_ids=token_ids)
+        else:
+            log_probs = model.apply(params, table[token_ids], lengths)
+        return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).sum()
+
+    in_loop, in_loop_grads = jax.value_and_grad(loss, argnums=(0, 1))(params, table, True)
+    before, before_grads = jax.value_and_grad(loss, argnums=(0, 1))(params, table, False)
+
+    np.testing.assert_allclose(in_loop, before, **TOLERANCE)
+    # The table's gradient sums each row over its ids, as the gradient of the lookup does.
+    for got, expected in zip(jax.tree.leaves(in_loop_grads), jax.tree.leaves(before_grads)):
+        np.testing.assert_allclose(got, expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cell,num_layers", [("gru", 2), ("pmgru", 1)])
+def test_lookup_in_loop_from_projected_table(cell, num_layers):
+    table = jax.random.normal(jax.random.key(10), (30, 7))
+    token_ids = jax.random.randint(jax.random.key(11), (4, 12), 1, 30)
     lengths = jnp.array([12, 3, 1, 7])
     model = SentimentClassifier(cell, hidden_size=5, num_layers=num_layers)
     params = model.init(jax.random.key(0), table[token_ids], lengths)
 
-    batch_major = model.apply(params, table[token_ids], lengths)
-    time_major = model.apply(params, table[token_ids.T], lengths, time_major=True)
+    direct = model.apply(params, table[token_ids], lengths)
+    projected = project_table(params, cell, table)
+    in_loop = model.apply(params, projected, lengths, inputs_are_projected=True, token_ids=token_ids)
 
-    # The same arithmetic on the same numbers: only the layout of the inputs differs.
-    np.testing.assert_array_equal(time_major, batch_major)
+    np.testing.assert_allclose(in_loop, direct, **TOLERANCE)

@@ -37,27 +37,33 @@ class SentimentClassifier(nn.Module):
     loop: str = "chunked"
 
     @nn.compact
-    def __call__(self, inputs, lengths, inputs_are_projected=False, time_major=False):
+    def __call__(self, inputs, lengths, inputs_are_projected=False, token_ids=None):
         """Classify a padded batch.
 
         Args:
           inputs: <float32>[batch, time, input_size], word vectors; steps at or past a length are padding.
             With `inputs_are_projected`, rows of `project_table` instead, <float32>[batch, time,
-            gates * hidden_size].
+            gates * hidden_size]. With `token_ids`, the table to look them up in, <float32>[rows, ...].
           lengths: <int32>[batch], the number of real steps of each sequence, at least 1.
           inputs_are_projected: whether `inputs` already went through the first layer's input weights.
-          time_major: `inputs` are <float32>[time, batch, ...] instead. The recurrent layers work time
-            major, so looking the word vectors up as `embed(table, token_ids.T)` saves a transpose.
+          token_ids: None, or <int32>[batch, time] rows of the table `inputs`. The first recurrent layer
+            then looks up each chunk's rows as it runs it, which skips the padding after the batch's
+            longest sequence; `apply(params, table, lengths, token_ids=ids)` gives the same result as
+            `apply(params, embed(table, ids), lengths)`.
 
         Returns:
           <float32>[batch, num_classes] log-probabilities.
         """
-        if not time_major:
+        if token_ids is None:
             inputs = jnp.swapaxes(inputs, 0, 1)
-        mask = sequence_mask(lengths, inputs.shape[0])
+            time_steps = inputs.shape[0]
+        else:
+            token_ids = token_ids.T
+            time_steps = token_ids.shape[0]
+        mask = sequence_mask(lengths, time_steps)
         stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.unroll, self.chunk_length,
                                self.loop, name="rnn")
-        final_carry, _ = stack(inputs, mask.T, inputs_are_projected=inputs_are_projected)
+        final_carry, _ = stack(inputs, mask.T, inputs_are_projected=inputs_are_projected, token_ids=token_ids)
         features = nn.relu(final_carry[-1])
         # PyTorch's nn.Linear initialization, as in the reference model.
         init = uniform_init(1.0 / math.sqrt(self.hidden_size))

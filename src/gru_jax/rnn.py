@@ -8,7 +8,8 @@ batch therefore fixes only the shapes that are compiled, while the work follows 
 actually present. Each chunk applies the input weights to its steps as one matrix product and scans
 only the recurrent part. The backward pass (`jax.custom_vjp`) walks the chunks in reverse, scans the
 cell's `step_backward` inside each, and computes the weight gradients of the chunk as matrix products
-over all its steps, outside the scan.
+over all its steps, outside the scan. Given token ids and a table instead of word vectors, each chunk
+looks up its own rows, so the padded steps after the last chunk that runs are never looked up either.
 """
 
 import functools
@@ -44,14 +45,21 @@ def _put_chunk(array, chunk, index, chunk_length):
     return lax.dynamic_update_slice_in_dim(array, chunk, index * chunk_length, axis=0)
 
 
-def _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected,
+def _chunk_inputs(inputs, token_ids, index, chunk_length):
+    """Return a chunk's inputs: a slice of `inputs`, or with `token_ids` the table rows of the chunk's ids."""
+    if token_ids is None:
+        return _chunk(inputs, index, chunk_length)
+    return jnp.take(inputs, _chunk(token_ids, index, chunk_length), axis=0, mode="clip")
+
+
+def _forward(cell, params, inputs, token_ids, mask, initial_carry, chunk_length, unroll, inputs_are_projected,
              save_residuals):
     """Run the layer; with `save_residuals`, also return what `_backward` needs."""
     time_steps, batch = mask.shape
 
     def chunk_body(index, state):
         carry, outputs, residuals = state
-        chunk_inputs = _chunk(inputs, index, chunk_length)
+        chunk_inputs = _chunk_inputs(inputs, token_ids, index, chunk_length)
         projected = chunk_inputs if inputs_are_projected else cell.project(params, chunk_inputs)
         projected = gate_blocks(projected, cell.num_gates)
 
@@ -73,9 +81,10 @@ def _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, in
     outputs = jnp.zeros((time_steps, batch, initial_carry.shape[-1]), initial_carry.dtype)
     residuals = None
     if save_residuals:
+        first_inputs = _chunk_inputs(inputs, token_ids, 0, 1)[0]
         step_shapes = jax.eval_shape(
             lambda: cell.step(params, initial_carry,
-                              (inputs[0] if inputs_are_projected else cell.project(params, inputs[0]))))
+                              (first_inputs if inputs_are_projected else cell.project(params, first_inputs))))
         residuals = jax.tree.map(lambda shape: jnp.zeros((time_steps, *shape.shape), shape.dtype),
                                  (initial_carry, step_shapes[1]))
     final_carry, outputs, residuals = lax.fori_loop(
@@ -83,9 +92,12 @@ def _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, in
     return (final_carry, outputs), residuals
 
 
-def _backward(cell, params, inputs, mask, residuals, d_final_carry, d_outputs, chunk_length, unroll,
+def _backward(cell, params, inputs, token_ids, mask, residuals, d_final_carry, d_outputs, chunk_length, unroll,
               inputs_are_projected, input_gradients):
-    """Return the gradients of the params, the cotangent of the inputs (or None) and of the initial carry."""
+    """Return the gradients of the params, the cotangent of the inputs (or None) and of the initial carry.
+
+    With `token_ids`, the cotangent of `inputs` is that of the table, each row the sum over its ids.
+    """
     num_chunks = _num_chunks(mask, chunk_length)
     transposed = cell.transposed_kernels(params)
 
@@ -113,12 +125,15 @@ def _backward(cell, params, inputs, mask, residuals, d_final_carry, d_outputs, c
             chunk_d_inputs = d_projected
         else:
             input_part, chunk_d_inputs = cell.project_backward(
-                params, _chunk(inputs, index, chunk_length), d_projected, input_gradients)
+                params, _chunk_inputs(inputs, token_ids, index, chunk_length), d_projected, input_gradients)
             chunk_gradients.update(input_part)
         # With projected inputs, the input weights are not used, and their gradients stay zero.
         gradients = {**gradients, **{name: gradients[name] + value for name, value in chunk_gradients.items()}}
-        if input_gradients:
+        if input_gradients and token_ids is None:
             d_inputs = _put_chunk(d_inputs, chunk_d_inputs, index, chunk_length)
+        elif input_gradients:
+            chunk_ids = _chunk(token_ids, index, chunk_length)
+            d_inputs = d_inputs.at[chunk_ids].add(chunk_d_inputs, mode="clip")
         return d_carry, gradients, d_inputs
 
     gradients = jax.tree.map(jnp.zeros_like, params)
@@ -129,7 +144,7 @@ def _backward(cell, params, inputs, mask, residuals, d_final_carry, d_outputs, c
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def run_layer(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected):
+def run_layer(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected, token_ids=None):
     """Run `cell` over a padded, time-major batch.
 
     Args:
@@ -137,45 +152,49 @@ def run_layer(cell, params, inputs, mask, initial_carry, chunk_length, unroll, i
       params: the cell's parameters, as its `param_dict` returns them.
       inputs: <float32>[time, batch, input_size], or the projected inputs <float32>[time, batch,
         gates * hidden_size] when `inputs_are_projected`. `time` is a multiple of `chunk_length`.
+        With `token_ids`, a table instead, <float32>[rows, input_size] (or [rows, gates * hidden_size]).
       mask: <bool>[time, batch], false at padded steps; padded steps leave the carry unchanged.
       initial_carry: <float32>[batch, hidden_size].
       chunk_length: time steps per chunk.
       unroll: time steps per iteration of the scan inside a chunk.
       inputs_are_projected: whether `inputs` already went through `cell.project`.
+      token_ids: None, or <int32>[time, batch] rows of the table `inputs`. Each chunk then looks up its
+        own rows, so the steps after the last chunk that runs are never looked up.
 
     Returns:
       final_carry: <float32>[batch, hidden_size], the carry after each sequence's last real step.
       outputs: <float32>[time, batch, hidden_size], the carry after each step, zero at padded steps.
     """
-    outputs, _ = _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected,
-                          save_residuals=False)
+    outputs, _ = _forward(cell, params, inputs, token_ids, mask, initial_carry, chunk_length, unroll,
+                          inputs_are_projected, save_residuals=False)
     return outputs
 
 
-def _run_layer_forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected):
+def _run_layer_forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll, inputs_are_projected,
+                       token_ids):
     # With symbolic zeros, every argument arrives as a CustomVJPPrimal whose `perturbed` is true when the
     # caller differentiates with respect to it. Word vectors from the fixed embedding table are not
     # differentiated, so the backward pass skips their cotangent, a matrix product as large as the projection.
     input_gradients = inputs.perturbed
-    params, inputs, mask, initial_carry = jax.tree.map(
-        lambda primal: primal.value, (params, inputs, mask, initial_carry),
+    params, inputs, mask, initial_carry, token_ids = jax.tree.map(
+        lambda primal: primal.value, (params, inputs, mask, initial_carry, token_ids),
         is_leaf=lambda node: isinstance(node, CustomVJPPrimal))
-    outputs, residuals = _forward(cell, params, inputs, mask, initial_carry, chunk_length, unroll,
+    outputs, residuals = _forward(cell, params, inputs, token_ids, mask, initial_carry, chunk_length, unroll,
                                   inputs_are_projected, save_residuals=True)
-    return outputs, (params, inputs, mask, residuals, input_gradients)
+    return outputs, (params, inputs, token_ids, mask, residuals, input_gradients)
 
 
 def _run_layer_backward(cell, chunk_length, unroll, inputs_are_projected, saved, cotangents):
-    params, inputs, mask, residuals, input_gradients = saved
+    params, inputs, token_ids, mask, residuals, input_gradients = saved
     d_final_carry, d_outputs = cotangents
     if isinstance(d_final_carry, SymbolicZero):
         d_final_carry = jnp.zeros(d_final_carry.shape, d_final_carry.dtype)
     if isinstance(d_outputs, SymbolicZero):
         d_outputs = None
     gradients, d_inputs, d_initial_carry = _backward(
-        cell, params, inputs, mask, residuals, d_final_carry, d_outputs, chunk_length, unroll,
+        cell, params, inputs, token_ids, mask, residuals, d_final_carry, d_outputs, chunk_length, unroll,
         inputs_are_projected, input_gradients)
-    return gradients, d_inputs, None, d_initial_carry
+    return gradients, d_inputs, None, d_initial_carry, None
 
 
 run_layer.defvjp(_run_layer_forward, _run_layer_backward, symbolic_zeros=True)
@@ -210,7 +229,7 @@ class RecurrentLayer(nn.Module):
     loop: str = "chunked"
 
     @nn.compact
-    def __call__(self, inputs, mask, initial_carry=None, inputs_are_projected=False):
+    def __call__(self, inputs, mask, initial_carry=None, inputs_are_projected=False, token_ids=None):
         """Run the cell over all steps.
 
         Args:
@@ -220,6 +239,9 @@ class RecurrentLayer(nn.Module):
           inputs_are_projected: `inputs` are <float32>[time, batch, gates * hidden_size], already
             multiplied by this layer's input weights (see `gru_jax.classifier.project_table`). The
             parameters must exist then, because their shapes cannot be read from such inputs.
+          token_ids: None, or <int32>[time, batch]. `inputs` is then a table with one row per id
+            (<float32>[rows, input_size], or projected), and the chunked loop looks up each chunk's
+            rows as it runs it, so the padding after the last chunk is never looked up.
 
         Returns:
           final_carry: <float32>[batch, hidden_size], the carry after each sequence's last real step.
@@ -235,6 +257,8 @@ class RecurrentLayer(nn.Module):
             input_size = inputs.shape[-1]
         cell = cell_class(input_size=input_size, hidden_size=self.hidden_size, name="cell")
         if self.loop == "scan":
+            if token_ids is not None:
+                inputs = jnp.take(inputs, token_ids, axis=0, mode="clip")
             projected = inputs if inputs_are_projected else cell.project_inputs(inputs)
             if initial_carry is None:
                 initial_carry = jnp.zeros((mask.shape[1], self.hidden_size), projected.dtype)
@@ -249,12 +273,15 @@ class RecurrentLayer(nn.Module):
         time_steps, batch = mask.shape
         padding = -time_steps % self.chunk_length
         if padding:
-            inputs = jnp.pad(inputs, ((0, padding), (0, 0), (0, 0)))
+            if token_ids is None:
+                inputs = jnp.pad(inputs, ((0, padding), (0, 0), (0, 0)))
+            else:
+                token_ids = jnp.pad(token_ids, ((0, padding), (0, 0)))
             mask = jnp.pad(mask, ((0, padding), (0, 0)))
         if initial_carry is None:
             initial_carry = jnp.zeros((batch, self.hidden_size), inputs.dtype)
         final_carry, outputs = run_layer(cell_class, params, inputs, mask, initial_carry, self.chunk_length,
-                                         self.unroll, inputs_are_projected)
+                                         self.unroll, inputs_are_projected, token_ids)
         return final_carry, outputs[:time_steps]
 
 
@@ -278,7 +305,7 @@ class RecurrentStack(nn.Module):
     loop: str = "chunked"
 
     @nn.compact
-    def __call__(self, inputs, mask, initial_carry=None, inputs_are_projected=False):
+    def __call__(self, inputs, mask, initial_carry=None, inputs_are_projected=False, token_ids=None):
         """Run all layers.
 
         Args:
@@ -286,6 +313,8 @@ class RecurrentStack(nn.Module):
           mask: <bool>[time, batch].
           initial_carry: <float32>[num_layers, batch, hidden_size], zeros when None.
           inputs_are_projected: the first layer's inputs are already projected, see `RecurrentLayer`.
+          token_ids: None, or <int32>[time, batch] rows of the table `inputs` for the first layer, see
+            `RecurrentLayer`.
 
         Returns:
           final_carry: <float32>[num_layers, batch, hidden_size].
@@ -297,6 +326,7 @@ class RecurrentStack(nn.Module):
             layer = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.chunk_length, self.loop,
                                    name=f"layer_{index}")
             carry, outputs = layer(outputs, mask, None if initial_carry is None else initial_carry[index],
-                                   inputs_are_projected=inputs_are_projected and index == 0)
+                                   inputs_are_projected=inputs_are_projected and index == 0,
+                                   token_ids=token_ids if index == 0 else None)
             carries.append(carry)
         return jnp.stack(carries), outputs

@@ -13,7 +13,7 @@ import optax
 
 from gru_jax.batching import BucketedBatcher
 from gru_jax.checkpoints import CheckpointStore
-from gru_jax.classifier import SentimentClassifier, embed, project_table
+from gru_jax.classifier import SentimentClassifier, project_table
 from gru_jax.errors import CheckpointError, DivergedError, EmbeddingsError
 from gru_jax.metrics import classification_metrics
 from gru_jax.parallel import DataParallel
@@ -67,7 +67,7 @@ def make_train_step(model, optimizer):
     """
 
     def loss_fn(params, table, token_ids, lengths, labels, weights):
-        log_probs = model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
+        log_probs = model.apply(params, table, lengths, token_ids=token_ids)
         return nll_loss(log_probs, labels, weights)
 
     def train_step(params, opt_state, table, batch_arrays):
@@ -90,11 +90,10 @@ class Predictor:
         self.model = model
 
         def predict(params, table, token_ids, lengths):
-            return model.apply(params, embed(table, token_ids.T), lengths, time_major=True)
+            return model.apply(params, table, lengths, token_ids=token_ids)
 
         def predict_projected(params, projected_table, token_ids, lengths):
-            return model.apply(params, embed(projected_table, token_ids.T), lengths, inputs_are_projected=True,
-                               time_major=True)
+            return model.apply(params, projected_table, lengths, inputs_are_projected=True, token_ids=token_ids)
 
         self._predict = jax.jit(predict)
         self.project_table = jax.jit(lambda params, table: project_table(params, model.cell, table))
