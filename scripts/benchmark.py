@@ -6,7 +6,8 @@ DIR contains DLStudio's sentiment_dataset_{train,test}_N.tar.gz archives. For ea
 (--sizes) and each cell, with the same word vectors, model sizes and batch sizes, it measures:
 
 * gru_jax: the training loop of `gru_jax.training.Trainer` (jitted step, donated buffers, losses read
-  back every --log-every steps) without its checkpoints, and `predict_log_probs` for evaluation.
+  back every --log-every steps, batches from length-sorted pools of --sort-pool batches) without its
+  checkpoints, and `predict_log_probs` for evaluation.
   The first epoch and the first evaluation include compilation and are reported apart. A second
   process then repeats them with the same persistent compilation cache, to show that it compiles
   nothing.

@@ -56,6 +56,8 @@ class GRUCell(nn.Module):
     input_size: int
     hidden_size: int
     num_gates = 3
+    # Whether a layer's loop should pass `step` the gate blocks as separate arrays (see `step`).
+    loop_gate_blocks = True
 
     def setup(self):
         init = uniform_init(1.0 / math.sqrt(self.hidden_size))
@@ -197,6 +199,9 @@ class PmGRUCell(nn.Module):
     input_size: int
     hidden_size: int
     num_gates = 2
+    # Slicing the two gates in the loop measured as fast at batch 32 and faster at batch 256 than
+    # separate arrays: each gate's arithmetic is a fusion of its own, between the two matrix products.
+    loop_gate_blocks = False
 
     def setup(self):
         init = uniform_init(1.0 / math.sqrt(self.input_size + self.hidden_size))

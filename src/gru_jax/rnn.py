@@ -61,7 +61,8 @@ def _forward(cell, params, inputs, token_ids, mask, initial_carry, chunk_length,
         carry, outputs, residuals = state
         chunk_inputs = _chunk_inputs(inputs, token_ids, index, chunk_length)
         projected = chunk_inputs if inputs_are_projected else cell.project(params, chunk_inputs)
-        projected = gate_blocks(projected, cell.num_gates)
+        if cell.loop_gate_blocks:
+            projected = gate_blocks(projected, cell.num_gates)
 
         def step(carry, step_inputs):
             projected_step, keep = step_inputs
@@ -262,7 +263,8 @@ class RecurrentLayer(nn.Module):
             projected = inputs if inputs_are_projected else cell.project_inputs(inputs)
             if initial_carry is None:
                 initial_carry = jnp.zeros((mask.shape[1], self.hidden_size), projected.dtype)
-            projected = gate_blocks(projected, cell_class.num_gates)
+            if cell_class.loop_gate_blocks:
+                projected = gate_blocks(projected, cell_class.num_gates)
             scan = nn.scan(_masked_scan_step, variable_broadcast="params", split_rngs={"params": False},
                            in_axes=0, out_axes=0, unroll=self.unroll)
             return scan(cell, initial_carry, (projected, mask))
