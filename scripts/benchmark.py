@@ -683,6 +683,15 @@ def run_alone(spec, log_path):
     return worker.ready
 
 
+def take_turns(workers, command, passes):
+    """Send `command` to each worker in turn, `passes` times, and return each framework's replies in order."""
+    replies = {framework: [] for framework in workers}
+    for _ in range(passes):
+        for framework, worker in workers.items():
+            replies[framework].append(worker.send(command))
+    return replies
+
+
 def measure_size_and_cell(base, size, cell, frameworks, workdir, log_path):
     """Measure every framework on one archive and cell, in turns; return their runs."""
     specs = {}
@@ -696,16 +705,10 @@ def measure_size_and_cell(base, size, cell, frameworks, workdir, log_path):
 
     for framework, worker in workers.items():
         runs[framework].update(worker.send("warm_up_training"))
-    train_seconds = {framework: [] for framework in frameworks}
-    for _ in range(base["epochs"]):
-        for framework, worker in workers.items():
-            train_seconds[framework].append(worker.send("train"))
+    train_seconds = take_turns(workers, "train", base["epochs"])
     for framework, worker in workers.items():
         runs[framework].update(worker.send("warm_up_evaluation"))
-    eval_seconds = {framework: [] for framework in frameworks}
-    for _ in range(base["epochs"]):
-        for framework, worker in workers.items():
-            eval_seconds[framework].append(worker.send("evaluate"))
+    eval_seconds = take_turns(workers, "evaluate", base["epochs"])
     if "gru_jax" in workers:
         runs["gru_jax"]["split"] = workers["gru_jax"].send("split")
     for framework, worker in workers.items():

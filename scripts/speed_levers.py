@@ -226,7 +226,7 @@ def other_gate_layout(cell):
     """Register a copy of `cell` whose loops pass the gates the other way, and return its name.
 
     The GRU's loops pass `step` one array per gate and the pmGRU's one array with all gates
-    (`loop_gate_blocks`); the copy does the opposite. A class of its own keeps JAX from reusing the
+    (`loop_gate_blocks`), and the copy does the opposite. A class of its own keeps JAX from reusing the
     loops it traced for the cell itself.
     """
     from gru_jax.cells import CELLS

@@ -39,7 +39,7 @@ def test_every_sequence_in_exactly_one_batch(shuffle, sort_pool):
         assert batch.token_ids.shape in batcher.shapes
 
 
-def test_whole_batches_hold_one_bucket():
+def test_only_leftover_batches_mix_buckets():
     batcher, _ = make_batcher()
 
     batches = list(batcher.batches(np.random.default_rng(2)))

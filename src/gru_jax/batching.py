@@ -102,7 +102,7 @@ class BucketedBatcher:
       row_multiple: every batch's row count is rounded up to a multiple of this (the device count of
         data-parallel steps) with filler rows; the sequences per batch stay as without it.
       sort_pool: when shuffling, batches are cut from pools of this many batches' worth of a bucket's
-        shuffled sequences, each pool sorted by length; 1 leaves each batch's sequences at random.
+        shuffled sequences, each pool sorted by length. With 1, each batch's sequences stay at random.
     """
 
     def __init__(self, token_ids, labels, batch_size, max_batch_tokens=None, min_bucket=32, growth=2.0,
@@ -169,7 +169,7 @@ class BucketedBatcher:
             else:
                 members = rng.permutation(members)
                 if self.sort_pool > 1:
-                    # The leftovers stay a random draw; only the whole batches come from sorted pools.
+                    # Only the whole batches come from sorted pools, so the leftovers stay a random draw.
                     members[:whole] = self._sort_pools(members[:whole], self.sort_pool * rows)
             plan.extend((bucket, members[start : start + rows]) for start in range(0, whole, rows))
             leftovers.append(members[whole:])
@@ -197,7 +197,7 @@ class BucketedBatcher:
         return batches
 
     def _sort_pools(self, members, pool_size):
-        """Sort each run of `pool_size` members by length; pool_size is a multiple of the batch's rows."""
+        """Sort each run of `pool_size` members by length, `pool_size` being a multiple of the batch's rows."""
         pools = np.split(members, range(pool_size, len(members), pool_size))
         return np.concatenate([pool[np.argsort(self.lengths[pool], kind="stable")] for pool in pools])
 

@@ -97,10 +97,7 @@ class GRUCell(nn.Module):
         Returns:
           (gradients of input_kernel and input_bias, <float32>[steps, batch, input_size] or None).
         """
-        gradients = {"input_kernel": _sum_of_outer_products(inputs, d_projected),
-                     "input_bias": d_projected.sum(axis=(0, 1))}
-        d_inputs = d_projected @ params["input_kernel"].T if input_gradients else None
-        return gradients, d_inputs
+        return _project_backward(params, inputs, d_projected, input_gradients, "input_bias")
 
     @staticmethod
     def step(params, carry, projected):
@@ -128,8 +125,8 @@ class GRUCell(nn.Module):
     def transposed_kernels(params):
         """Return the transposed hidden kernel that `step_backward` multiplies by.
 
-        A layer computes it once, outside its time loop: transposing inside the loop copied the kernel
-        at every step.
+        A layer computes it once, outside its time loop, because transposing inside the loop copied the
+        kernel at every step.
         """
         return {"hidden_kernel": params["hidden_kernel"].T}
 
@@ -200,7 +197,7 @@ class PmGRUCell(nn.Module):
     hidden_size: int
     num_gates = 2
     # Slicing the two gates in the loop measured as fast at batch 32 and faster at batch 256 than
-    # separate arrays: each gate's arithmetic is a fusion of its own, between the two matrix products.
+    # separate arrays. Each gate's arithmetic is a fusion of its own, between the two matrix products.
     loop_gate_blocks = False
 
     def setup(self):
@@ -233,10 +230,7 @@ class PmGRUCell(nn.Module):
     @staticmethod
     def project_backward(params, inputs, d_projected, input_gradients):
         """Differentiate `project` over a block of steps; see `GRUCell.project_backward`."""
-        gradients = {"input_kernel": _sum_of_outer_products(inputs, d_projected),
-                     "bias": d_projected.sum(axis=(0, 1))}
-        d_inputs = d_projected @ params["input_kernel"].T if input_gradients else None
-        return gradients, d_inputs
+        return _project_backward(params, inputs, d_projected, input_gradients, "bias")
 
     @staticmethod
     def step(params, carry, projected):
@@ -263,7 +257,7 @@ class PmGRUCell(nn.Module):
 
     @staticmethod
     def step_backward(transposed, carry, saved, d_next_carry):
-        """Differentiate `step`; `transposed` is what `transposed_kernels` returned.
+        """Differentiate `step`, given in `transposed` what `transposed_kernels` returned.
 
         Returns:
           d_carry: <float32>[batch, hidden_size].
@@ -295,6 +289,14 @@ def gate_blocks(projected, count):
     if isinstance(projected, (tuple, list)):
         return tuple(projected)
     return tuple(jnp.split(projected, count, axis=-1))
+
+
+def _project_backward(params, inputs, d_projected, input_gradients, bias_name):
+    """Differentiate `inputs @ input_kernel + bias` over a block of steps, for either cell's parameter names."""
+    gradients = {"input_kernel": _sum_of_outer_products(inputs, d_projected),
+                 bias_name: d_projected.sum(axis=(0, 1))}
+    d_inputs = d_projected @ params["input_kernel"].T if input_gradients else None
+    return gradients, d_inputs
 
 
 def _sum_of_outer_products(left, right):

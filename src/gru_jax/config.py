@@ -67,7 +67,7 @@ class TrainConfig:
     min_bucket: int = 32
     bucket_growth: float = 2.0
     # Training batches are cut from pools of this many batches' worth of one bucket's shuffled reviews,
-    # each pool sorted by length, so that a batch's rows have similar lengths; 1 disables the sorting.
+    # each pool sorted by length, so that a batch's rows have similar lengths. 1 disables the sorting.
     sort_pool: int = 8
 
     # Output.

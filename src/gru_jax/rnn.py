@@ -82,10 +82,12 @@ def _forward(cell, params, inputs, token_ids, mask, initial_carry, chunk_length,
     outputs = jnp.zeros((time_steps, batch, initial_carry.shape[-1]), initial_carry.dtype)
     residuals = None
     if save_residuals:
-        first_inputs = _chunk_inputs(inputs, token_ids, 0, 1)[0]
-        step_shapes = jax.eval_shape(
-            lambda: cell.step(params, initial_carry,
-                              (first_inputs if inputs_are_projected else cell.project(params, first_inputs))))
+        def first_step():
+            first_inputs = _chunk_inputs(inputs, token_ids, 0, 1)[0]
+            return cell.step(params, initial_carry,
+                             first_inputs if inputs_are_projected else cell.project(params, first_inputs))
+
+        step_shapes = jax.eval_shape(first_step)
         residuals = jax.tree.map(lambda shape: jnp.zeros((time_steps, *shape.shape), shape.dtype),
                                  (initial_carry, step_shapes[1]))
     final_carry, outputs, residuals = lax.fori_loop(
